@@ -1,0 +1,17 @@
+"""Data: in-memory datasets, batched transforms, statistics."""
+
+from .datasets import DataSplits, ImageTensors, dataset_names, load_dataset
+from .loader import TensorLoader
+from .stats import channel_stats
+from .transforms import BatchTransform, build_transforms
+
+__all__ = [
+    "BatchTransform",
+    "DataSplits",
+    "ImageTensors",
+    "TensorLoader",
+    "build_transforms",
+    "channel_stats",
+    "dataset_names",
+    "load_dataset",
+]

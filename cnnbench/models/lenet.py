@@ -1,0 +1,38 @@
+"""LeNet family (seed 004)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .registry import register_model
+
+
+class LeNet5(nn.Module):
+    """Classic LeNet-5 with ReLU and max pooling, for 32x32 inputs."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, kernel_size=5),  # 32 -> 28
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # 28 -> 14
+            nn.Conv2d(6, 16, kernel_size=5),  # 14 -> 10
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),  # 10 -> 5
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120),
+            nn.ReLU(inplace=True),
+            nn.Linear(120, 84),
+            nn.ReLU(inplace=True),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_model("lenet5", input_size=(1, 32, 32), num_classes=10, source="seed 004 (LeNet-5 table)")
+def lenet5(num_classes: int, in_channels: int) -> nn.Module:
+    return LeNet5(num_classes, in_channels)

@@ -1,0 +1,207 @@
+"""cnnbench train: the whole recipe, top to bottom.
+
+    cnnbench train model=alexnet_cifar dataset=cifar10 transforms=cifar epochs=10
+
+Hydra composes the config from configs/ (schemas in config.py) and gives the run its own
+directory; everything this run produces is written there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from torch import nn
+
+from .checkpoint import atomic_write_text, load_checkpoint, rng_state, save_checkpoint, unwrap
+from .config import check_values, register_configs
+from .data import TensorLoader, build_transforms, channel_stats, load_dataset
+from .device import autocast_for, grad_scaler_for, resolve_device, resolve_precision
+from .engine import evaluate, train_one_epoch
+from .errors import user_errors
+from .metrics import write_json, write_metrics_csv
+from .models import check_input_size, count_params, create_model
+from .optim import build_optimizer, build_scheduler
+from .summary import summary_table
+
+log = logging.getLogger("cnnbench")
+register_configs()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg: DictConfig, out_dir: Path) -> dict:
+    """Run the recipe `cfg` and write its artifacts to `out_dir`; returns results.json's data."""
+    wall_start = time.perf_counter()
+    check_values(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.device, device)
+    seed_everything(cfg.seed)
+
+    # ---- data: uint8 tensors in memory, normalized with the train split's statistics
+    data = load_dataset(cfg.dataset)
+    stats = channel_stats(data.train.images)
+    train_tf, eval_tf = build_transforms(cfg.transforms, stats, data.input_size[0])
+    channels = data.input_size[0]
+    input_size = (channels, *train_tf.output_size(*data.input_size[1:]))
+    log.info(
+        f"dataset {cfg.dataset.name}: {len(data.train)} train / {len(data.val)} val / "
+        f"{len(data.test)} test images, {data.num_classes} classes, model input "
+        f"{'x'.join(map(str, input_size))}"
+    )
+
+    # ---- model: logits out; summary on the chosen device, at the real input size
+    num_classes = cfg.model.num_classes or data.num_classes
+    model = create_model(cfg.model.name, num_classes, cfg.model.in_channels or channels).to(device)
+    check_input_size(cfg.model.name, model, input_size, device)
+    table = summary_table(model, input_size, device)
+    print(table, flush=True)
+    atomic_write_text(out_dir / "summary.txt", table)
+    params = count_params(model)
+    if cfg.device.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if cfg.device.compile else model
+
+    # ---- optimization
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    eval_loss_fn = nn.CrossEntropyLoss()
+    autocast = autocast_for(precision, device)
+    scaler = grad_scaler_for(precision, device)
+
+    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
+    loader_args = dict(device=device, channels_last=cfg.device.channels_last)
+    train_loader = TensorLoader(
+        data.train, cfg.batch_size, train_tf, shuffle=True, seed=cfg.seed, **loader_args
+    )
+    val_loader = TensorLoader(data.val, eval_bs, eval_tf, shuffle=False, **loader_args)
+    test_loader = TensorLoader(data.test, eval_bs, eval_tf, shuffle=False, **loader_args)
+    log.info(
+        f"training {cfg.model.name} ({params:,} params) on {device} ({precision.value}, "
+        f"{torch.get_num_threads()} threads) for {cfg.epochs} epochs, batch {cfg.batch_size}"
+    )
+
+    # ---- the loop: train, validate, keep the best weights by validation loss
+    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
+    best_val_loss, best_epoch = math.inf, 0
+    rows: list[dict] = []
+    train_images, train_seconds = 0, 0.0
+    progress = cfg.progress
+    for epoch in range(1, cfg.epochs + 1):
+        epoch_start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loader.set_epoch(epoch)
+        tr = train_one_epoch(
+            net,
+            train_loader,
+            optimizer,
+            loss_fn,
+            epoch=epoch,
+            autocast=autocast,
+            scaler=scaler,
+            log_interval=cfg.log_interval,
+            progress=progress,
+        )
+        train_images += tr.images
+        train_seconds += tr.seconds
+        va = evaluate(net, val_loader, eval_loss_fn, autocast=autocast, progress=progress)
+        if scheduler is not None:
+            scheduler.step()
+        rows.append(
+            dict(
+                epoch=epoch,
+                train_loss=tr.loss,
+                train_acc=tr.top1,
+                val_loss=va.loss,
+                val_acc=va.top1,
+                lr=lr,
+                seconds=time.perf_counter() - epoch_start,
+            )
+        )
+        write_metrics_csv(out_dir / "metrics.csv", rows)
+        log.info(
+            f"epoch {epoch}/{cfg.epochs}  [Training] loss: {tr.loss:.5f}, accuracy: {tr.top1:.5f}  "
+            f"[Validation] loss: {va.loss:.5f}, accuracy: {va.top1:.5f}  "
+            f"({tr.images / tr.seconds:,.0f} img/s)"
+        )
+        if va.loss < best_val_loss:
+            log.info(
+                f"[INFO] val_loss has been improved from {best_val_loss:.5f} to {va.loss:.5f}. "
+                "Saving Model!"
+            )
+            best_val_loss, best_epoch = va.loss, epoch
+            save_checkpoint(
+                {
+                    "model": unwrap(model).state_dict(),
+                    "model_name": cfg.model.name,
+                    "num_classes": num_classes,
+                    "input_size": list(input_size),
+                    "classes": data.classes,
+                    "epoch": epoch,
+                    "val_loss": va.loss,
+                },
+                best_path,
+            )
+        save_checkpoint(
+            {
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "epoch": epoch,
+                "best_val_loss": best_val_loss,
+                "best_epoch": best_epoch,
+                "metrics": rows,
+                "rng": rng_state(),
+            },
+            last_path,
+        )
+
+    # ---- test: reload the best weights, evaluate with the eval transform
+    model.load_state_dict(load_checkpoint(best_path)["model"])
+    te = evaluate(
+        net, test_loader, eval_loss_fn, autocast=autocast, progress=progress, desc="[Test]"
+    )
+    results = dict(
+        test_loss=te.loss,
+        test_top1=te.top1,
+        test_top5=te.top5,
+        best_epoch=best_epoch,
+        best_val_loss=best_val_loss,
+        epochs=cfg.epochs,
+        wall_seconds=time.perf_counter() - wall_start,
+        train_images_per_sec=train_images / train_seconds if train_seconds > 0 else 0.0,
+        params=params,
+        model=cfg.model.name,
+        dataset=cfg.dataset.name,
+        device=str(device),
+        precision=precision.value,
+        classes=data.classes,
+    )
+    write_json(out_dir / "results.json", results)
+    log.info(
+        f"test (best epoch {best_epoch}): loss {te.loss:.4f}, top-1 {te.top1:.4f}, "
+        f"top-5 {te.top5:.4f}; run dir: {out_dir}"
+    )
+    return results
+
+
+@hydra.main(version_base=None, config_path="pkg://cnnbench.configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    """Hydra entrypoint behind `cnnbench train`."""
+    with user_errors():
+        train(cfg, Path(HydraConfig.get().runtime.output_dir))
