@@ -1,45 +1,48 @@
-"""`cnnbench <command> ...`: dispatch to the commands."""
+"""`cnnbench <command> ...`: dispatch to the command modules.
+
+Each command lives in its own module exposing `run_cli(args: list[str]) -> None`.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-USAGE = """usage: cnnbench <command> [args...]
+# name -> (module, one-line help). Order is the order shown in --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("cnnbench.train", "train a model: cnnbench train [overrides...] (-m to sweep)"),
+}
 
-commands:
-  train [overrides...]   train a model (Hydra overrides; -m for a sweep; --help for options)
-
-examples:
+EXAMPLES = """examples:
   cnnbench train
   cnnbench train model=alexnet_cifar dataset=cifar10 transforms=cifar epochs=10
   cnnbench train -m optimizer.lr=1e-3,1e-4 model=lenet5,alexnet_cifar
+  cnnbench train --help          # groups, options and every config key
 """
 
 
-def _hydra_command(prog: str, module_main, args: list[str]) -> None:
-    # Hydra's @main reads sys.argv; present the rest of the command line as its own.
-    sys.argv = [prog, *args]
-    module_main()
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return (
+        "usage: cnnbench <command> [args...]\n\ncommands:\n" + "\n".join(lines) + "\n\n" + EXAMPLES
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE, end="")
+        print(usage(), end="")
         raise SystemExit(0 if args else 2)
     command, rest = args[0], args[1:]
-    if command == "train":
-        from . import train
-        from .config import compose_checked
-        from .errors import user_errors
-
-        if not any(a.startswith("-") for a in rest):  # plain run: check overrides up front
-            with user_errors():
-                compose_checked(rest)
-        _hydra_command("cnnbench train", train.main, rest)
-        return
-    print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
-    raise SystemExit(2)
+    if command not in COMMANDS:
+        print(
+            f"error: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    module = importlib.import_module(COMMANDS[command][0])
+    module.run_cli(rest)
 
 
 if __name__ == "__main__":

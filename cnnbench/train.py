@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from .checkpoint import atomic_write_text, load_checkpoint, rng_state, save_checkpoint, unwrap
-from .config import check_values, register_configs
+from .config import check_values, compose_checked, register_configs
 from .data import TensorLoader, build_transforms, channel_stats, load_dataset
 from .device import autocast_for, grad_scaler_for, resolve_device, resolve_precision
 from .engine import evaluate, train_one_epoch
@@ -205,3 +206,12 @@ def main(cfg: DictConfig) -> None:
     """Hydra entrypoint behind `cnnbench train`."""
     with user_errors():
         train(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def run_cli(args: list[str]) -> None:
+    """`cnnbench train ARGS`: check plain overrides up front, then hand over to Hydra."""
+    if not any(a.startswith("-") for a in args):  # not --help/-m/--cfg: validate first
+        with user_errors():
+            compose_checked(args)
+    sys.argv = ["cnnbench train", *args]  # Hydra's @main reads sys.argv
+    main()
