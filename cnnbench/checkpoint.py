@@ -107,3 +107,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(ast.literal_eval(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_training_state(
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    scaler: Any | None,
+    source: Path,
+) -> None:
+    """Put model, optimizer, scheduler, scaler and RNG streams back as last.pt recorded them."""
+    try:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise CnnbenchError(
+            f"{source} does not fit this model/optimizer (was it written by another model?): {first}"
+        ) from None
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])

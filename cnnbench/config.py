@@ -114,6 +114,7 @@ class TrainConfig:
     num_workers: int = 0
     label_smoothing: float = 0.0
     log_interval: int = 50  # steps between host syncs for the progress bar
+    resume: str | None = None  # RUN_DIR or auto: continue that run from its last.pt
     progress: bool = True  # tqdm bars (hidden anyway when stderr is not a terminal)
 
 
@@ -214,15 +215,26 @@ def composition_error(err: Exception) -> CnnbenchError:
     return CnnbenchError(str(err).splitlines()[0] if str(err) else err.__class__.__name__)
 
 
-def compose_checked(overrides: list[str], config_name: str = "train") -> Any:
-    """Compose the run config like Hydra would, turning every failure into a CnnbenchError."""
-    from hydra import compose, initialize_config_module
+def compose_checked(
+    overrides: list[str], config_name: str = "train", config_dir: str | None = None
+) -> Any:
+    """Compose the run config like Hydra would, turning every failure into a CnnbenchError.
+
+    `config_dir` composes a primary config from that directory (a saved run) instead of
+    the packaged `train.yaml`.
+    """
+    from hydra import compose, initialize_config_dir, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     register_configs()
     try:
-        with initialize_config_module("cnnbench.configs", version_base=None):
+        init = (
+            initialize_config_dir(str(config_dir), version_base=None)
+            if config_dir
+            else initialize_config_module("cnnbench.configs", version_base=None)
+        )
+        with init:
             cfg = compose(config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise composition_error(err) from err

@@ -22,15 +22,23 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch import nn
 
-from .checkpoint import atomic_write_text, load_checkpoint, rng_state, save_checkpoint, unwrap
+from .checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    restore_training_state,
+    rng_state,
+    save_checkpoint,
+    unwrap,
+)
 from .config import check_values, compose_checked, register_configs
 from .data import TensorLoader, build_transforms, channel_stats, load_dataset
 from .device import autocast_for, grad_scaler_for, resolve_device, resolve_precision
 from .engine import evaluate, train_one_epoch
-from .errors import user_errors
+from .errors import CnnbenchError, user_errors
 from .metrics import write_json, write_metrics_csv
 from .models import check_input_size, count_params, create_model
 from .optim import build_optimizer, build_scheduler
+from .runs import PRIMARY_NAME, latest_matching_run, primary_from_saved, quote, split_override
 from .summary import summary_table
 
 log = logging.getLogger("cnnbench")
@@ -98,11 +106,23 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
 
     # ---- the loop: train, validate, keep the best weights by validation loss
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
-    best_val_loss, best_epoch = math.inf, 0
+    best_val_loss, best_epoch, start_epoch = math.inf, 0, 1
     rows: list[dict] = []
+    if cfg.resume:  # continue from last.pt: weights, optimizer, scheduler, RNG, history
+        state = load_checkpoint(last_path)
+        restore_training_state(state, model, optimizer, scheduler, scaler, last_path)
+        start_epoch = state["epoch"] + 1
+        best_val_loss, best_epoch, rows = (
+            state["best_val_loss"],
+            state["best_epoch"],
+            state["metrics"],
+        )
+        log.info(
+            f"resuming {out_dir} after epoch {state['epoch']} (best val_loss {best_val_loss:.5f})"
+        )
     train_images, train_seconds = 0, 0.0
     progress = cfg.progress
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(start_epoch, cfg.epochs + 1):
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loader.set_epoch(epoch)
@@ -208,10 +228,38 @@ def main(cfg: DictConfig) -> None:
         train(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
-def run_cli(args: list[str]) -> None:
-    """`cnnbench train ARGS`: check plain overrides up front, then hand over to Hydra."""
-    if not any(a.startswith("-") for a in args):  # not --help/-m/--cfg: validate first
-        with user_errors():
+def hydra_args(args: list[str]) -> list[str]:
+    """Check `cnnbench train` overrides up front and turn `resume=` into Hydra arguments.
+
+    resume=RUN_DIR (or auto) re-enters that run: its saved config is the primary config
+    (plus any overrides, e.g. epochs=30) and its directory is the run dir.
+    """
+    resume, rest = split_override(args, "resume")
+    if resume in (None, "", "null"):
+        if not any(a.startswith("-") for a in args):  # not --help/-m/--cfg: validate first
             compose_checked(args)
-    sys.argv = ["cnnbench train", *args]  # Hydra's @main reads sys.argv
+        return args
+    if any(a.startswith("-") for a in rest):
+        raise CnnbenchError("resume= continues one run; it cannot be combined with -m or flags")
+    if resume == "auto":
+        run_dir = latest_matching_run(compose_checked(rest), Path("outputs"))
+    else:
+        run_dir = Path(resume).expanduser().resolve()
+        if not run_dir.is_dir():
+            raise CnnbenchError(f"resume={resume}: no such run directory")
+    if not (run_dir / "last.pt").is_file():
+        raise CnnbenchError(
+            f"resume={resume}: no last.pt in {run_dir}, so there is nothing to resume"
+        )
+    config_dir = primary_from_saved(run_dir)
+    overrides = [*rest, f"resume={quote(str(run_dir))}", f"hydra.run.dir={quote(str(run_dir))}"]
+    compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=str(config_dir))
+    return ["--config-dir", str(config_dir), "--config-name", PRIMARY_NAME, *overrides]
+
+
+def run_cli(args: list[str]) -> None:
+    """`cnnbench train ARGS`: validate, then hand over to Hydra (which reads sys.argv)."""
+    with user_errors():
+        args = hydra_args(args)
+    sys.argv = ["cnnbench train", *args]
     main()
