@@ -14,7 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Small, fast runs: fake data, few epochs, CPU, no progress bars.
-TINY = ["dataset=fake", "dataset.size=96", "epochs=2", "batch_size=16", "device=cpu", "progress=false"]
+TINY = [
+    "dataset=fake",
+    "dataset.size=96",
+    "epochs=2",
+    "batch_size=16",
+    "device=cpu",
+    "progress=false",
+]
 
 
 def run_cnnbench(

@@ -7,7 +7,6 @@ import csv
 import pytest
 import torch
 import yaml
-
 from conftest import TINY, read_json, run_cnnbench
 
 RESULT_KEYS = {
@@ -34,7 +33,7 @@ def default_run(tmp_path_factory):
 def test_default_run_trains_digits_lenet5_to_95_percent(default_run):
     proc, run_dir = default_run
     results = read_json(run_dir / "results.json")
-    assert RESULT_KEYS <= results.keys()
+    assert results.keys() >= RESULT_KEYS
     assert results["params"] == 61_706  # LeNet-5, 1 channel, 10 classes
     assert results["epochs"] == 20
     assert results["test_top1"] >= 0.95
@@ -56,7 +55,15 @@ def test_default_run_writes_a_complete_run_dir(default_run):
     assert cfg["epochs"] == 20 and cfg["batch_size"] == 32
 
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    assert list(rows[0]) == [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "seconds",
+    ]
     assert [int(r["epoch"]) for r in rows] == list(range(1, 21))
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     lrs = [float(r["lr"]) for r in rows]
@@ -129,6 +136,10 @@ def test_runs_go_to_dated_output_dirs_of_the_working_directory(cli, tmp_path):
 
 def test_help_lists_groups_and_options(cli):
     out = cli("train", "--help").stdout
-    for line in ["model: alexnet_cifar, lenet5", "optimizer: adam, adamw, sgd", "device: auto, cpu, cuda"]:
+    for line in [
+        "model: alexnet_cifar, lenet5",
+        "optimizer: adam, adamw, sgd",
+        "device: auto, cpu, cuda",
+    ]:
         assert line in out
     assert "scheduler: cosine, none, step" in out

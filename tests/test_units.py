@@ -51,7 +51,9 @@ def test_eval_transform_is_deterministic_and_normalizes():
     out = tf(x, torch.Generator().manual_seed(0))
     assert out.shape == (3, 1, 8, 8)
     assert torch.equal(out, tf(x, torch.Generator().manual_seed(1)))  # eval never augments
-    assert out[0, 0, 0, 0].item() == pytest.approx(-2.0) and out[0, 0, 0, 7].item() == pytest.approx(2.0)
+    assert out[0, 0, 0, 0].item() == pytest.approx(-2.0) and out[
+        0, 0, 0, 7
+    ].item() == pytest.approx(2.0)
 
 
 def test_random_crop_shifts_within_the_padding():
