@@ -11,6 +11,8 @@ import sys
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cnnbench.train", "train a model: cnnbench train [overrides...] (-m to sweep)"),
+    "models": ("cnnbench.zoo", "list the model zoo: name, parameters, input size, source"),
+    "summary": ("cnnbench.summarize", "a model's torchsummary table: cnnbench summary model=NAME"),
 }
 
 EXAMPLES = """examples:

@@ -36,7 +36,7 @@ from .device import autocast_for, grad_scaler_for, resolve_device, resolve_preci
 from .engine import evaluate, train_one_epoch
 from .errors import CnnbenchError, user_errors
 from .metrics import write_json, write_metrics_csv
-from .models import check_input_size, count_params, create_model
+from .models import apply_weights, check_input_size, count_params, create_model
 from .optim import build_optimizer, build_scheduler
 from .runs import PRIMARY_NAME, latest_matching_run, primary_from_saved, quote, split_override
 from .summary import summary_table
@@ -76,6 +76,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     num_classes = cfg.model.num_classes or data.num_classes
     model = create_model(cfg.model.name, num_classes, cfg.model.in_channels or channels).to(device)
     check_input_size(cfg.model.name, model, input_size, device)
+    apply_weights(model, cfg.model)  # model.weights=PATH (local file), model.freeze_features
     table = summary_table(model, input_size, device)
     print(table, flush=True)
     atomic_write_text(out_dir / "summary.txt", table)

@@ -14,12 +14,12 @@ CASES = {
     "wrong type": (["epochs=abc"], "bad value for 'epochs': Value 'abc' of type 'str'"),
     "unknown model option": (
         ["model=alexnett"],
-        "unknown model option 'alexnett'; valid model options: alexnet_cifar, lenet5",
+        "unknown model option 'alexnett'; valid model options: alexnet, alexnet_512, alexnet_cifar,",
     ),
     "unknown optimizer": (["optimizer=adamm"], "valid optimizer options: adam, adamw, sgd"),
     "unknown model name": (
         ["model.name=foo"],
-        "unknown model 'foo'; valid models: alexnet_cifar, lenet5",
+        "unknown model 'foo'; valid models: alexnet, alexnet_512, alexnet_cifar,",
     ),
     "unknown top-level key": (["epoch=3"], "valid keys at the top level: model, dataset,"),
     "added unknown key": (["+optimizer.lrr=3"], "unknown config key(s) optimizer.lrr"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,27 +21,60 @@ class ModelInfo:
     input_size: tuple[int, int, int]  # native (channels, height, width)
     num_classes: int  # default classes, as in SPEC.md's table
     source: str  # where the architecture comes from
+    torchvision: str | None = None  # torchvision builder whose ImageNet .pth files load as-is
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    name: str, *, input_size: tuple[int, int, int], num_classes: int, source: str
+    name: str,
+    *,
+    input_size: tuple[int, int, int],
+    num_classes: int,
+    source: str,
+    torchvision: str | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register `builder(num_classes=..., in_channels=...)` under `name`."""
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelInfo(name, builder, input_size, num_classes, source)
+        _REGISTRY[name] = ModelInfo(name, builder, input_size, num_classes, source, torchvision)
         return builder
 
     return decorate
 
 
+def replace_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """`conv` itself for its own input channels, else a fresh Conv2d like it for `in_channels`.
+
+    For builders that wrap torchvision (which has no `in_channels` argument); the new layer is
+    initialized like torchvision initializes VGG and ResNet convolutions.
+    """
+    if conv.in_channels == in_channels:
+        return conv
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        bias=conv.bias is not None,
+    )
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    if new.bias is not None:
+        nn.init.zeros_(new.bias)
+    return new
+
+
 def model_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def registered_models() -> list[ModelInfo]:
+    """Every model in registration order (family by family, as the zoo table lists them)."""
+    return list(_REGISTRY.values())
 
 
 def get_model_info(name: str) -> ModelInfo:
@@ -67,22 +101,69 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def transforms_presets_for(size: int, folder: Any = None) -> list[str]:
+    """Transforms presets (configs/transforms/*.yaml) whose output is `size` x `size` images.
+
+    A preset fits when its final `crop` (else its `resize`) is `size`, or when its name ends in
+    the size (e.g. `imagenet227`).
+    """
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    found = []
+    folder = files("cnnbench.configs") / "transforms" if folder is None else folder
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        preset = OmegaConf.create(entry.read_text())
+        final = preset.get("crop") or preset.get("resize")
+        stem = entry.name[: -len(".yaml")]
+        if final == size or stem.endswith(str(size)):
+            found.append(stem)
+    return found
+
+
+def _first_conv_channels(model: nn.Module) -> int | None:
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else conv.in_channels
+
+
 def check_input_size(
     name: str, model: nn.Module, input_size: tuple[int, int, int], device: torch.device
 ) -> None:
-    """Fail before training when the model cannot take `input_size` (C, H, W) images."""
+    """Fail before training when the model cannot take `input_size` (C, H, W) images.
+
+    The message names the model's native size and how to get there: `transforms.resize=N`
+    works with any preset; a preset made for that size is named when one exists.
+    """
+    info = get_model_info(name)
+    c, h, w = info.input_size
+    got = "x".join(map(str, input_size))
+    channels = _first_conv_channels(model)
+    if channels is not None and channels != input_size[0]:
+        raise CnnbenchError(
+            f"model {name!r} was built for {channels}-channel images but the data has "
+            f"{input_size[0]} channel(s) ({got}); leave model.in_channels unset (it follows "
+            f"the dataset) or set model.in_channels={input_size[0]}"
+        )
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             model(torch.zeros(2, *input_size, device=device))
     except RuntimeError as err:
-        info = get_model_info(name)
-        c, h, w = info.input_size
+        presets = transforms_presets_for(h) if h == w else []
+        fits = (
+            f", or the transforms preset made for {h}x{w} images: "
+            + " / ".join(f"transforms={p}" for p in presets)
+            if presets
+            else ""
+        )
         raise CnnbenchError(
-            f"model {name!r} cannot take {input_size[0]}x{input_size[1]}x{input_size[2]} images "
-            f"(it expects {c}x{h}x{w}; first error: {str(err).splitlines()[0]}). Resize the "
-            f"input with transforms.resize={h} (or a transforms preset made for {h}x{w} images)."
+            f"model {name!r} cannot take {got} images: it expects {c}x{h}x{w} "
+            f"(torch says: {str(err).splitlines()[0]}). Resize the input with "
+            f"transforms.resize={h}{fits}."
         ) from None
     finally:
         model.train(was_training)

@@ -1,0 +1,78 @@
+"""`cnnbench summary model=NAME [dataset=...]`: a model's torchsummary table, without training.
+
+Without a dataset the model gets its native input size and default classes (SPEC.md's
+table); with `dataset=...` (or any `dataset.` key) it gets that dataset's channels, classes
+and image size after the transforms, exactly as `cnnbench train` would build it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from omegaconf import DictConfig
+
+from .config import compose_checked
+from .data import build_transforms, load_dataset
+from .device import resolve_device
+from .errors import user_errors
+from .models import apply_weights, check_input_size, count_params, create_model, get_model_info
+from .summary import summary_table
+
+USAGE = """usage: cnnbench summary model=NAME [dataset=NAME] [other overrides...]
+
+Print the torchsummary table of a model without training it. The overrides are the ones
+`cnnbench train` takes. Without a dataset the model gets its native input size and default
+classes; with dataset=... it is built for that dataset (channels, classes, image size after
+the transforms). `cnnbench models` lists the names.
+
+examples:
+  cnnbench summary model=alexnet_original
+  cnnbench summary model=alexnet_cifar dataset=cifar10
+  cnnbench summary model=alexnet dataset=fake transforms.resize=224 model.weights=alexnet-owt-7be5be79.pth
+"""
+
+
+def _overridden(args: list[str], group: str) -> bool:
+    """True when an override sets `group` or a key under it (dataset=x, dataset.size=3, +...)."""
+    keys = (a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a)
+    return any(k == group or k.startswith(group + ".") for k in keys)
+
+
+def summarize(cfg: DictConfig, use_dataset: bool, use_transforms: bool) -> str:
+    """A header line and the torchsummary table of `cfg.model` on `cfg.device`."""
+    info = get_model_info(cfg.model.name)
+    device = resolve_device(cfg.device)
+    if use_dataset:
+        data = load_dataset(cfg.dataset)
+        size, classes, where = data.input_size, data.num_classes, f"dataset {cfg.dataset.name}"
+    else:
+        size, classes, where = info.input_size, info.num_classes, "native size"
+        size = (cfg.model.in_channels or size[0], *size[1:])
+    if use_dataset or use_transforms:
+        channels = size[0]
+        train_tf, _ = build_transforms(
+            cfg.transforms, ([0.0] * channels, [1.0] * channels), channels
+        )
+        size = (channels, *train_tf.output_size(*size[1:]))
+    num_classes = cfg.model.num_classes or classes
+    model = create_model(info.name, num_classes, cfg.model.in_channels or size[0]).to(device)
+    check_input_size(info.name, model, size, device)
+    apply_weights(model, cfg.model)
+    header = (
+        f"{info.name}: {count_params(model):,} parameters, {num_classes} classes, input "
+        f"{'x'.join(map(str, size))} ({where}), on {device}\nsource: {info.source}"
+    )
+    return header + "\n" + summary_table(model, size, device)
+
+
+def run_cli(args: list[str]) -> None:
+    """`cnnbench summary OVERRIDES`."""
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE, end="")
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    with user_errors():
+        cfg = compose_checked(args)
+        text = summarize(cfg, _overridden(args, "dataset"), _overridden(args, "transforms"))
+    print(text, end="", flush=True)

@@ -1,0 +1,75 @@
+"""`cnnbench models`: every registered model with its parameters, native input size and source.
+
+Parameters are counted for the model's default classes (SPEC.md's table) on the meta
+device, so listing even the VGGs allocates no weights.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from .errors import CnnbenchError, user_errors
+from .models import count_params, create_model, registered_models
+
+USAGE = """usage: cnnbench models [--markdown]
+
+List every registered model: name, parameters (for its default classes), native input size
+(channels x height x width), default classes and the seed it comes from.
+Train one with `cnnbench train model=NAME`; see its layers with `cnnbench summary model=NAME`.
+
+  --markdown   print the table as Markdown (as in README.md)
+"""
+
+COLUMNS = ("name", "params", "input", "classes", "source")
+
+
+def zoo_rows() -> list[dict[str, str]]:
+    """One row of display strings per registered model, in registration order."""
+    rows = []
+    for info in registered_models():
+        with torch.device("meta"):
+            params = count_params(create_model(info.name))
+        rows.append(
+            dict(
+                name=info.name,
+                params=f"{params:,}",
+                input="x".join(map(str, info.input_size)),
+                classes=str(info.num_classes),
+                source=info.source,
+            )
+        )
+    return rows
+
+
+def format_table(rows: list[dict[str, str]], markdown: bool = False) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        for row in rows:
+            cells = [f"`{row['name']}`", *(row[c] for c in COLUMNS[1:])]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
+    right = {"params", "classes"}  # numbers align right
+
+    def line(cells: dict[str, str]) -> str:
+        return "  ".join(
+            cells[c].rjust(widths[c]) if c in right else cells[c].ljust(widths[c]) for c in COLUMNS
+        ).rstrip()
+
+    return "\n".join([line({c: c for c in COLUMNS}), *map(line, rows)]) + "\n"
+
+
+def run_cli(args: list[str]) -> None:
+    """`cnnbench models [--markdown]`."""
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE, end="")
+        return
+    with user_errors(exit_code=2):
+        extra = [a for a in args if a != "--markdown"]
+        if extra:
+            raise CnnbenchError(
+                f"unknown argument(s) {' '.join(extra)}; usage: cnnbench models [--markdown]"
+            )
+    sys.stdout.write(format_table(zoo_rows(), markdown="--markdown" in args))
