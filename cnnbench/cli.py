@@ -11,6 +11,8 @@ import sys
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cnnbench.train", "train a model: cnnbench train [overrides...] (-m to sweep)"),
+    "stats": ("cnnbench.stats", "train-split mean/std per channel: cnnbench stats dataset=..."),
+    "show": ("cnnbench.show", "PNG grid of augmented train samples: cnnbench show dataset=..."),
 }
 
 EXAMPLES = """examples:
