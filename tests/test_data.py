@@ -424,6 +424,34 @@ def test_missing_torchvision_files_name_the_path_and_the_fix(tmp_path, name, fol
     assert f"cnnbench stats dataset={name} dataset.root=data dataset.download=true" in text
 
 
+def write_idx(raw: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """MNIST's idx format, uncompressed (what torchvision reads from <root>/MNIST/raw)."""
+    raw.mkdir(parents=True, exist_ok=True)
+    n, h, w = images.shape
+    header = np.array([2051, n, h, w], dtype=">i4").tobytes()
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.astype(np.uint8).tobytes())
+    header = np.array([2049, n], dtype=">i4").tobytes()
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(header + labels.astype(np.uint8).tobytes())
+
+
+def test_mnist_files_load_as_32x32_single_channel_images(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx(raw, "train", rng.integers(0, 256, (40, 28, 28)), np.arange(40) % 10)
+    write_idx(raw, "t10k", np.full((10, 28, 28), 200), np.arange(10))
+    cfg = compose_checked(
+        ["dataset=mnist", f"dataset.root={tmp_path}", f"dataset.cache_dir={tmp_path}"]
+    )
+    data = load_dataset(cfg.dataset)
+    assert (len(data.train), len(data.val), len(data.test)) == (36, 4, 10)
+    assert data.input_size == (1, 32, 32) and data.classes[0] == "0 - zero"
+    assert (data.test.images == 200).all() and data.test.labels.tolist() == list(range(10))
+    native = compose_checked(
+        ["dataset=mnist", f"dataset.root={tmp_path}", "dataset.image_size=null"]
+    )
+    assert load_dataset(native.dataset).input_size == (1, 28, 28)
+
+
 def test_failed_download_is_one_message_not_a_urllib_traceback(cli, tmp_path, monkeypatch):
     import torchvision.datasets
 
