@@ -127,15 +127,14 @@ def find_pools(cfg) -> tuple[dict[str, Pool], list[str], list[SkippedFile]]:
     folders = {k: root / v for k, v in layout.items()} if split_layout else {"all": root}
     main = folders["train" if split_layout else "all"]
     classes = _subdirs(main)
-    where = f"{main}"
     if not classes:
         raise CnnbenchError(
-            f"no class folders in {where}: dataset=folder expects <root>/<class>/<image> "
+            f"no class folders in {main}: dataset=folder expects <root>/<class>/<image> "
             "(e.g. root/cat/1.jpg, root/dog/2.jpg), or the same under root/train/"
         )
     if len(classes) == 1:
         raise CnnbenchError(
-            f"only one class folder ({classes[0]!r}) in {where}: a classifier needs at least "
+            f"only one class folder ({classes[0]!r}) in {main}: a classifier needs at least "
             "two; add a folder per class"
         )
     for split, folder in folders.items():
@@ -146,7 +145,7 @@ def find_pools(cfg) -> tuple[dict[str, Pool], list[str], list[SkippedFile]]:
                 f"class in {split}/ must also be in train/"
             )
     stray = [
-        SkippedFile(str(root / e.name), "not inside a class folder")
+        SkippedFile(str(main / e.name), "not inside a class folder")
         for e in sorted(os.scandir(main), key=lambda e: e.name)
         if _visible(e.name) and not e.is_dir()
     ]
@@ -320,6 +319,8 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
         keys.append(key)
         path = where / f"{key}.pt"
         entry = load_entry(path)
+        if entry is not None and _became_readable(root, entry["skipped"]):
+            entry = None  # a permission fix changes no mtime: check again
         if entry is not None:
             log.info(f"{pool.folder}: {len(entry['files'])} checked images from the cache {path}")
             scanned[split] = ScannedPool(
@@ -372,6 +373,13 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
             f"{cfg.max_memory_mb}: streaming from disk with {num_workers} loader workers"
         )
     return splits, classes, skipped, content_key("folder-set", keys)
+
+
+def _became_readable(root: Path, skipped: list[list[str]]) -> bool:
+    return any(
+        reason.startswith("unreadable") and os.access(root / path, os.R_OK)
+        for path, reason in skipped
+    )
 
 
 def _size_text(size: tuple[int, int] | None) -> str:
