@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cnnbench.train", "train a model: cnnbench train [overrides...] (-m to sweep)"),
     "models": ("cnnbench.zoo", "list the model zoo: name, parameters, input size, source"),
     "summary": ("cnnbench.summarize", "a model's torchsummary table: cnnbench summary model=NAME"),
+    "stats": ("cnnbench.stats", "train-split mean/std per channel: cnnbench stats dataset=..."),
+    "show": ("cnnbench.show", "PNG grid of augmented train samples: cnnbench show dataset=..."),
 }
 
 EXAMPLES = """examples:

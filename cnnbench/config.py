@@ -30,6 +30,12 @@ class Precision(Enum):
     fp16 = "fp16"
 
 
+class CropMode(Enum):
+    random = "random"  # RandomCrop: uniform position (after crop_padding)
+    center = "center"  # CenterCrop in training too (seed 001)
+    resized = "resized"  # RandomResizedCrop: random area (scale) and aspect (ratio), resized
+
+
 class Normalize(Enum):
     auto = "auto"  # per-channel mean/std computed on the training split
     imagenet = "imagenet"
@@ -48,14 +54,25 @@ class ModelConfig:
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    root: str = "data"
-    download: bool = False
-    val_split: float = 0.1  # fraction of train carved out for validation
+    root: str = "data"  # torchvision datasets: their parent folder; folder: the image folder
+    download: bool = False  # torchvision datasets only; off by default (offline-safe)
+    val_split: float = 0.1  # fraction of train carved out for validation (when there is no val/)
     test_split: float = 0.15  # used only by datasets without an official test split
     split_seed: int = 42  # the split stays fixed when the training seed changes
+    # Sets without their own test split (one image folder, digits, fake): [train, val, test] as
+    # counts (seed 004: 400, 92, 10) or fractions (0.8, 0.1, 0.1), shuffled with split_seed.
+    # None: test_split, then val_split.
+    splits: list[float] | None = None
+    max_per_class: int | None = None  # folder: use at most this many files per class (seeded pick)
+    # Stored image size (square), applied once at load: folder images, torchvision sets and
+    # digits are resized to it, fake generates it. None: folder: transforms.resize, else the
+    # images' own size; others: their native size (digits: 32).
+    image_size: int | None = None
+    max_memory_mb: int = 2048  # folder: decode into memory up to this size, else stream from disk
+    # Decoded folders and statistics; None: $CNNBENCH_CACHE, else ~/.cache/cnnbench.
+    cache_dir: str | None = None
     # Synthetic data (dataset=fake) only:
     size: int = 256
-    image_size: int = 32
     channels: int = 3
     num_classes: int = 10
 
@@ -82,8 +99,12 @@ class SchedulerConfig:
 class TransformsConfig:
     name: str = MISSING
     resize: int | None = None  # resize to resize x resize first (train and eval)
-    crop: int | None = None  # final size: random crop in train, center crop in eval
-    crop_padding: int = 0  # train: zero padding before the random crop (RandomCrop's padding)
+    crop: int | None = None  # final size: train crop per crop_mode, center crop in eval
+    crop_mode: CropMode = CropMode.random  # how the train pipeline crops (eval: always center)
+    crop_padding: int = 0  # train, crop_mode=random: zero padding before the crop (RandomCrop's)
+    # crop_mode=resized: range of the crop's area fraction and of its aspect ratio (w / h).
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: bool = False  # train: random horizontal flip
     normalize: Normalize = Normalize.auto
     mean: list[float] | None = None  # explicit statistics win over `normalize`
@@ -111,7 +132,9 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int | None = None  # None: 2 x batch_size
     seed: int = 0
-    num_workers: int = 0
+    # DataLoader workers that decode streamed folders (and scan folders): "auto" (one per core,
+    # none for small sets) or a count; in-memory datasets need none.
+    num_workers: str = "auto"
     label_smoothing: float = 0.0
     log_interval: int = 50  # steps between host syncs for the progress bar
     resume: str | None = None  # RUN_DIR or auto: continue that run from its last.pt
@@ -140,8 +163,8 @@ def check_values(cfg: Any) -> None:
         problems.append(f"optimizer.lr must be > 0 (got {cfg.optimizer.lr})")
     if cfg.optimizer.weight_decay < 0:
         problems.append(f"optimizer.weight_decay must be >= 0 (got {cfg.optimizer.weight_decay})")
-    if cfg.num_workers < 0:
-        problems.append(f"num_workers must be >= 0 (got {cfg.num_workers})")
+    if not _valid_workers(cfg.num_workers):
+        problems.append(f"num_workers must be 'auto' or a count >= 0 (got {cfg.num_workers!r})")
     if cfg.log_interval < 1:
         problems.append(f"log_interval must be >= 1 (got {cfg.log_interval})")
     if not 0.0 <= cfg.label_smoothing < 1.0:
@@ -151,12 +174,60 @@ def check_values(cfg: Any) -> None:
         problems.append(f"dataset.val_split must be in (0, 1) (got {ds.val_split})")
     if not 0.0 < ds.test_split < 1.0:
         problems.append(f"dataset.test_split must be in (0, 1) (got {ds.test_split})")
+    problems += _dataset_problems(ds) + _transforms_problems(cfg.transforms)
     if cfg.optimizer.nesterov and cfg.optimizer.momentum <= 0:
         problems.append("optimizer.nesterov=true needs optimizer.momentum > 0")
     if cfg.device.threads is not None and cfg.device.threads < 1:
         problems.append(f"device.threads must be >= 1 (got {cfg.device.threads})")
     if problems:
         raise CnnbenchError("invalid config: " + "; ".join(problems))
+
+
+def _valid_workers(value: Any) -> bool:
+    text = str(value).strip().lower()
+    return text == "auto" or (text.isdigit() and int(text) >= 0)
+
+
+def _dataset_problems(ds: Any) -> list[str]:
+    problems = []
+    if ds.splits is not None:
+        values = list(ds.splits)
+        if len(values) != 3 or any(v < 0 for v in values):
+            problems.append(
+                f"dataset.splits must be [train, val, test] counts or fractions >= 0 (got {values})"
+            )
+        elif all(v < 1 for v in values) and sum(values) > 1 + 1e-9:
+            problems.append(f"dataset.splits fractions must add up to at most 1 (got {values})")
+        elif any(v >= 1 for v in values) and any(v != int(v) for v in values):
+            problems.append(
+                f"dataset.splits mixes counts and fractions (got {values}); use "
+                "counts like [400,92,10] or fractions like [0.8,0.1,0.1]"
+            )
+    for key in ("max_per_class", "image_size"):
+        value = getattr(ds, key)
+        if value is not None and value < 1:
+            problems.append(f"dataset.{key} must be >= 1 or null (got {value})")
+    if ds.max_memory_mb < 0:
+        problems.append(f"dataset.max_memory_mb must be >= 0 (got {ds.max_memory_mb})")
+    return problems
+
+
+def _transforms_problems(tf: Any) -> list[str]:
+    problems = []
+    for key in ("resize", "crop"):
+        value = getattr(tf, key)
+        if value is not None and value < 1:
+            problems.append(f"transforms.{key} must be >= 1 or null (got {value})")
+    if tf.crop_padding < 0:
+        problems.append(f"transforms.crop_padding must be >= 0 (got {tf.crop_padding})")
+    scale, ratio = list(tf.scale), list(tf.ratio)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        problems.append(
+            f"transforms.scale must be [low, high] with 0 < low <= high <= 1 (got {scale})"
+        )
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        problems.append(f"transforms.ratio must be [low, high] with 0 < low <= high (got {ratio})")
+    return problems
 
 
 def _schema_keys(path: str) -> list[str]:

@@ -31,7 +31,7 @@ from .checkpoint import (
     unwrap,
 )
 from .config import check_values, compose_checked, register_configs
-from .data import TensorLoader, build_transforms, channel_stats, load_dataset
+from .data import TensorLoader, build_transforms, load_dataset
 from .device import autocast_for, grad_scaler_for, resolve_device, resolve_precision
 from .engine import evaluate, train_one_epoch
 from .errors import CnnbenchError, user_errors
@@ -60,10 +60,14 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     precision = resolve_precision(cfg.device, device)
     seed_everything(cfg.seed)
 
-    # ---- data: uint8 tensors in memory, normalized with the train split's statistics
-    data = load_dataset(cfg.dataset)
-    stats = channel_stats(data.train.images)
-    train_tf, eval_tf = build_transforms(cfg.transforms, stats, data.input_size[0])
+    # ---- data: uint8 tensors (in memory, or streamed from a big folder), normalized with the
+    # train split's statistics
+    data = load_dataset(
+        cfg.dataset, cfg.transforms, num_workers=cfg.num_workers, progress=cfg.progress
+    )
+    if data.skipped:  # broken files found by the scan: listed with the run
+        atomic_write_text(out_dir / "skipped_files.txt", data.skipped_text())
+    train_tf, eval_tf = build_transforms(cfg.transforms, data.train_stats, data.input_size[0])
     channels = data.input_size[0]
     input_size = (channels, *train_tf.output_size(*data.input_size[1:]))
     log.info(

@@ -1,6 +1,6 @@
-"""Data: in-memory datasets, batched transforms, statistics."""
+"""Data: datasets in memory (or streamed from folders), batched transforms, statistics."""
 
-from .datasets import DataSplits, ImageTensors, dataset_names, load_dataset
+from .datasets import DataSplits, ImageFiles, ImageTensors, dataset_names, load_dataset
 from .loader import TensorLoader
 from .stats import channel_stats
 from .transforms import BatchTransform, build_transforms
@@ -8,6 +8,7 @@ from .transforms import BatchTransform, build_transforms
 __all__ = [
     "BatchTransform",
     "DataSplits",
+    "ImageFiles",
     "ImageTensors",
     "TensorLoader",
     "build_transforms",

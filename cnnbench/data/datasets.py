@@ -1,51 +1,63 @@
-"""Datasets held in memory as uint8 tensors, with seeded train/val/test splits."""
+"""Datasets held in memory as uint8 tensors (or streamed from disk), with seeded splits.
+
+Each registered loader returns the dataset's own splits; load_dataset() carves what is
+missing (test from train when there is no official test set, val from train) with
+`dataset.split_seed`, so the split stays fixed when the training seed changes.
+"""
 
 from __future__ import annotations
 
+import logging
+import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import CnnbenchError
+from .cache import content_key
+from .splits import DataSplits, ImageFiles, ImageTensors, SkippedFile, Split
+
+__all__ = [
+    "DataSplits",
+    "ImageFiles",
+    "ImageTensors",
+    "LoadOptions",
+    "Loaded",
+    "SkippedFile",
+    "dataset_names",
+    "load_dataset",
+    "register_dataset",
+    "split_off",
+]
+
+log = logging.getLogger("cnnbench")
 
 
 @dataclass
-class ImageTensors:
-    """A split: uint8 images (N x C x H x W) and int64 labels (N)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def subset(self, index: torch.Tensor) -> ImageTensors:
-        return ImageTensors(self.images[index], self.labels[index])
+class LoadOptions:
+    transforms: Any = None  # the transforms config: folders are stored at transforms.resize
+    num_workers: str | int = "auto"  # loader workers for scanning and streaming folders
+    progress: bool = True
 
 
 @dataclass
-class DataSplits:
-    train: ImageTensors
-    val: ImageTensors
-    test: ImageTensors
+class Loaded:
+    """What a loader returns: its own splits (None: carve it), class names, a content key."""
+
+    train: Split
+    test: Split | None
     classes: list[str]
-
-    @property
-    def input_size(self) -> tuple[int, int, int]:
-        c, h, w = self.train.images.shape[1:]
-        return int(c), int(h), int(w)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    key: str  # changes whenever the data would (files, sizes, parameters)
+    val: Split | None = None
+    skipped: list[SkippedFile] = field(default_factory=list)
 
 
-# A loader returns (train, test or None, class names); test None means "carve one".
-Loader = Callable[..., tuple[ImageTensors, ImageTensors | None, list[str]]]
+Loader = Callable[[Any, LoadOptions], Loaded]
 _DATASETS: dict[str, Loader] = {}
 
 
@@ -63,9 +75,7 @@ def dataset_names() -> list[str]:
     return sorted(_DATASETS)
 
 
-def split_off(
-    data: ImageTensors, fraction: float, seed: int, what: str
-) -> tuple[ImageTensors, ImageTensors]:
+def split_off(data: Split, fraction: float, seed: int, what: str) -> tuple[Split, Split]:
     """Seeded random split: (rest, carved) with `fraction` of the samples in `carved`."""
     n = len(data)
     k = int(round(n * fraction))
@@ -78,40 +88,115 @@ def split_off(
     return data.subset(order[k:]), data.subset(order[:k])
 
 
-def load_dataset(cfg) -> DataSplits:
-    """Load `cfg.name` and split it: val from train, test from train when there is none."""
+def split_counts(data: Split, splits: list[float], seed: int) -> tuple[Split, Split, Split]:
+    """[train, val, test] counts (or fractions) of one shuffled list, seed 004's way:
+    `random.seed(42); random.shuffle(files)`, then consecutive slices."""
+    n = len(data)
+    values = [float(v) for v in splits]
+    if all(v < 1 for v in values):
+        val, test = round(n * values[1]), round(n * values[2])
+        rest = n - val - test
+        train = rest if abs(sum(values) - 1) < 1e-6 else min(rest, round(n * values[0]))
+        counts = [train, val, test]
+    else:
+        counts = [int(v) for v in values]
+    if sum(counts) > n:
+        raise CnnbenchError(
+            f"dataset.splits={[int(c) for c in counts]} asks for {sum(counts)} images but only "
+            f"{n} usable ones were found; lower the counts or use fractions like [0.8,0.1,0.1]"
+        )
+    for name, count in zip(("train", "validation", "test"), counts, strict=True):
+        if count < 1:
+            raise CnnbenchError(
+                f"dataset.splits={values} leaves the {name} set of {n} images empty; "
+                "give every set at least one image"
+            )
+    if sum(counts) < n:
+        log.info(f"dataset.splits uses {sum(counts)} of {n} images; the rest is left out")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    a, b, c = counts
+    index = [torch.tensor(order[lo:hi]) for lo, hi in ((0, a), (a, a + b), (a + b, a + b + c))]
+    return data.subset(index[0]), data.subset(index[1]), data.subset(index[2])
+
+
+def load_dataset(
+    cfg, tcfg=None, *, num_workers: str | int = "auto", progress: bool = True
+) -> DataSplits:
+    """Load dataset `cfg` and split it into train/val/test (see the module docstring).
+
+    `tcfg` (the transforms config) sets the storage size of folder images (transforms.resize).
+    """
     if cfg.name not in _DATASETS:
         raise CnnbenchError(
             f"unknown dataset {cfg.name!r}; valid datasets: {', '.join(dataset_names())}"
         )
-    train, test, classes = _DATASETS[cfg.name](cfg)
-    if test is None:
-        train, test = split_off(train, cfg.test_split, cfg.split_seed, "test")
-    train, val = split_off(train, cfg.val_split, cfg.split_seed + 1, "validation")
-    return DataSplits(train=train, val=val, test=test, classes=classes)
+    got = _DATASETS[cfg.name](cfg, LoadOptions(tcfg, num_workers, progress))
+    train, val, test = got.train, got.val, got.test
+    splits = None if cfg.splits is None else [float(v) for v in cfg.splits]
+    if splits is not None:
+        if val is not None or test is not None:
+            raise CnnbenchError(
+                f"dataset.splits splits one set of images, but {cfg.name} comes with its own "
+                f"{'validation' if val is not None else 'test'} set; drop dataset.splits "
+                "(validation is carved from train with dataset.val_split)"
+            )
+        train, val, test = split_counts(train, splits, cfg.split_seed)
+    else:
+        if test is None:
+            train, test = split_off(train, cfg.test_split, cfg.split_seed, "test")
+        if val is None:
+            train, val = split_off(train, cfg.val_split, cfg.split_seed + 1, "validation")
+    split_params = [splits, cfg.val_split, cfg.test_split, cfg.split_seed]
+    return DataSplits(
+        train=train,
+        val=val,
+        test=test,
+        classes=got.classes,
+        skipped=got.skipped,
+        stats_key=content_key("train-split", cfg.name, got.key, split_params),
+        cache_dir=cfg.cache_dir,
+        name=cfg.name,
+    )
+
+
+def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """uint8 N x C x H x W resized to size x size (bilinear, antialiased), in chunks."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], chunk):
+        part = images[start : start + chunk].float()
+        part = F.interpolate(part, size=(size, size), mode="bilinear", antialias=True)
+        out[start : start + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
+    return out
 
 
 @register_dataset("digits")
-def _digits(cfg) -> tuple[ImageTensors, None, list[str]]:
+def _digits(cfg, opts: LoadOptions) -> Loaded:
     """scikit-learn's bundled 8x8 digits (values 0-16), upscaled to 32x32 uint8."""
+    import sklearn
     from sklearn.datasets import load_digits
 
+    size = cfg.image_size or 32
     bunch = load_digits()
     small = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
-    big = F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
+    big = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
     images = big.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
-    return ImageTensors(images, labels), None, [str(d) for d in range(10)]
+    key = content_key("digits", sklearn.__version__, size)
+    return Loaded(ImageTensors(images, labels), None, [str(d) for d in range(10)], key)
 
 
 @register_dataset("fake")
-def _fake(cfg) -> tuple[ImageTensors, None, list[str]]:
+def _fake(cfg, opts: LoadOptions) -> Loaded:
     """torchvision's FakeData: seeded random images and labels."""
     from torchvision.datasets import FakeData
 
+    side = cfg.image_size or 32
     ds = FakeData(
         size=cfg.size,
-        image_size=(cfg.channels, cfg.image_size, cfg.image_size),
+        image_size=(cfg.channels, side, side),
         num_classes=cfg.num_classes,
         random_offset=cfg.split_seed,
     )
@@ -122,36 +207,120 @@ def _fake(cfg) -> tuple[ImageTensors, None, list[str]]:
         images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
         labels.append(int(label))
     data = ImageTensors(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
-    return data, None, [f"class{i}" for i in range(cfg.num_classes)]
+    key = content_key("fake", cfg.size, side, cfg.channels, cfg.num_classes, cfg.split_seed)
+    return Loaded(data, None, [f"class{i}" for i in range(cfg.num_classes)], key)
 
 
-def _torchvision_split(cls, root: Path, train: bool, download: bool, name: str, hint: str):
+@dataclass
+class _TorchvisionSet:
+    cls_name: str  # class in torchvision.datasets
+    title: str
+    folder: str  # what must exist under dataset.root
+    source: str  # where the files come from
+    native: int  # native image side
+
+
+_TORCHVISION = {
+    "cifar10": _TorchvisionSet(
+        "CIFAR10",
+        "CIFAR-10",
+        "cifar-10-batches-py",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extract it there)",
+        32,
+    ),
+    "cifar100": _TorchvisionSet(
+        "CIFAR100",
+        "CIFAR-100",
+        "cifar-100-python",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (extract it there)",
+        32,
+    ),
+    "mnist": _TorchvisionSet(
+        "MNIST",
+        "MNIST",
+        "MNIST/raw",
+        "https://ossci-datasets.s3.amazonaws.com/mnist/ (the four *-ubyte.gz files)",
+        28,
+    ),
+    "fashion_mnist": _TorchvisionSet(
+        "FashionMNIST",
+        "Fashion-MNIST",
+        "FashionMNIST/raw",
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ (the four *-ubyte.gz files)",
+        28,
+    ),
+}
+
+
+def _torchvision_split(name: str, spec: _TorchvisionSet, root: Path, train: bool, download: bool):
+    """One split of a torchvision dataset; missing files or no network -> one clear message."""
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, spec.cls_name)
+    expected = root / spec.folder
+    fetch = (
+        f"On a connected machine run `cnnbench stats dataset={name} dataset.root=data "
+        f"dataset.download=true` (or download {spec.source}) and copy data/{spec.folder} to "
+        f"{expected}"
+    )
     try:
         return cls(root=str(root), train=train, download=download)
     except RuntimeError as err:
-        if "not found" not in str(err).lower() and "corrupt" not in str(err).lower():
+        text = str(err).lower()
+        if "error downloading" in text:  # MNIST-style: every mirror failed
+            raise CnnbenchError(
+                f"could not download {spec.title} to {root}: this machine looks offline. "
+                f"{fetch}, then keep dataset.download=false."
+            ) from None
+        if "not found" not in text and "corrupt" not in text:
             raise
         raise CnnbenchError(
-            f"{name} files not found under {root} (expected {hint}). Offline? Copy the files "
-            f"there from a connected machine, or run once with dataset.download=true "
-            f"dataset.root={root} where there is internet."
+            f"{spec.title} files not found under {root} (expected {expected}). Offline? {fetch}; "
+            "or run once with dataset.download=true where there is internet."
         ) from None
-    except OSError as err:  # the download itself failed: no network
+    except OSError as err:  # urllib's URLError and friends: the download itself failed
         raise CnnbenchError(
-            f"could not download {name} to {root} ({err.__class__.__name__}: {err}). "
-            f"This machine looks offline: put the files at {hint} and keep dataset.download=false."
+            f"could not download {spec.title} to {root} ({err.__class__.__name__}: "
+            f"{getattr(err, 'reason', err)}): this machine looks offline. {fetch}, then keep "
+            "dataset.download=false."
         ) from None
 
 
-@register_dataset("cifar10")
-def _cifar10(cfg) -> tuple[ImageTensors, ImageTensors, list[str]]:
-    from torchvision.datasets import CIFAR10
+def _torchvision_loader(name: str) -> Loader:
+    spec = _TORCHVISION[name]
 
-    root = Path(cfg.root).expanduser().resolve()
-    hint = f"{root / 'cifar-10-batches-py'} from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    splits = []
-    for is_train in (True, False):
-        ds = _torchvision_split(CIFAR10, root, is_train, cfg.download, "CIFAR-10", hint)
-        images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-        splits.append(ImageTensors(images, torch.tensor(ds.targets, dtype=torch.int64)))
-    return splits[0], splits[1], list(ds.classes)
+    def load(cfg, opts: LoadOptions) -> Loaded:
+        root = Path(cfg.root).expanduser().resolve()
+        splits = []
+        for is_train in (True, False):
+            ds = _torchvision_split(name, spec, root, is_train, cfg.download)
+            data = ds.data if isinstance(ds.data, torch.Tensor) else torch.from_numpy(ds.data)
+            # CIFAR: N x H x W x C numpy; MNIST-likes: N x H x W uint8 tensor.
+            images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
+            images = images.contiguous()
+            if cfg.image_size:
+                images = resize_uint8(images, cfg.image_size)
+            targets = torch.as_tensor(ds.targets, dtype=torch.int64)
+            splits.append(ImageTensors(images, targets))
+        folder = root / spec.folder
+        stamps = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir())
+        key = content_key(name, str(root), stamps, cfg.image_size)
+        return Loaded(splits[0], splits[1], list(ds.classes), key)
+
+    return load
+
+
+for _name in _TORCHVISION:
+    register_dataset(_name)(_torchvision_loader(_name))
+
+
+@register_dataset("folder")
+def _folder(cfg, opts: LoadOptions) -> Loaded:
+    """Images in class subfolders (see folder.py for the layouts)."""
+    from .folder import load_folder
+
+    pools, classes, skipped, key = load_folder(
+        cfg, opts.transforms, opts.num_workers, opts.progress
+    )
+    train = pools.get("train", pools.get("all"))
+    return Loaded(train, pools.get("test"), classes, key, pools.get("val"), skipped)

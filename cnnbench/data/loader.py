@@ -1,25 +1,35 @@
-"""A DataLoader replacement for in-memory uint8 datasets: batches by slicing, no workers."""
+"""Batches for the training loop: sliced from in-memory uint8 tensors, or decoded from files.
+
+In-memory splits (ImageTensors) need no workers: a batch is an index op. Streamed folders
+(ImageFiles) are decoded by DataLoader workers into uint8 batches. Either way the same
+BatchTransform then converts and augments the batch on the training device.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .datasets import ImageTensors
+from .images import BadImage, decode_file
+from .splits import ImageFiles, ImageTensors
 from .transforms import BatchTransform
+
+log = logging.getLogger("cnnbench")
 
 
 class TensorLoader:
     """Yields (normalized float images, labels) batches on `device`.
 
     The order and the augmentation of epoch e depend only on (seed, e), so a resumed run
-    sees the same batches as an uninterrupted one.
+    sees the same batches as an uninterrupted one, in memory or streamed alike.
     """
 
     def __init__(
         self,
-        data: ImageTensors,
+        data: ImageTensors | ImageFiles,
         batch_size: int,
         transform: BatchTransform,
         device: torch.device,
@@ -29,9 +39,11 @@ class TensorLoader:
         channels_last: bool = False,
     ) -> None:
         pin = device.type == "cuda"
-        # Small datasets live on the device whole: one copy, then batches are index ops there.
-        self.images = data.images.to(device) if pin else data.images
-        self.labels = data.labels.to(device) if pin else data.labels
+        self.stream = _FileBatches(data, batch_size, pin) if isinstance(data, ImageFiles) else None
+        if self.stream is None:
+            # Small datasets live on the device whole: one copy, then batches are index ops there.
+            self.images = data.images.to(device) if pin else data.images
+        self.labels = data.labels.to(device) if pin and self.stream is None else data.labels
         self.batch_size = batch_size
         self.transform = transform
         self.device = device
@@ -50,19 +62,99 @@ class TensorLoader:
     def num_samples(self) -> int:
         return int(len(self.labels))
 
+    def _uint8_batches(
+        self, order: torch.Tensor | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.stream is not None:
+            yield from self.stream.batches(order)
+            return
+        n = len(self.labels)
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                yield (
+                    self.images[start : start + self.batch_size],
+                    self.labels[start : start + self.batch_size],
+                )
+            else:
+                idx = order[start : start + self.batch_size].to(self.images.device)
+                yield self.images[idx], self.labels[idx]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.labels)
         order = torch.randperm(n, generator=gen) if self.shuffle else None
-        for start in range(0, n, self.batch_size):
-            if order is None:
-                x = self.images[start : start + self.batch_size]
-                y = self.labels[start : start + self.batch_size]
-            else:
-                idx = order[start : start + self.batch_size].to(self.images.device)
-                x, y = self.images[idx], self.labels[idx]
+        for x, y in self._uint8_batches(order):
             x = self.transform(x.to(self.device, non_blocking=True), gen)
             yield (
                 x.contiguous(memory_format=self.memory_format),
                 y.to(self.device, non_blocking=True),
             )
+
+
+class _FileSet(Dataset):
+    """Item i of a streamed split: (uint8 3 x H x W image, label, decoded fine)."""
+
+    def __init__(self, data: ImageFiles) -> None:
+        self.paths = data.paths()
+        self.labels = data.labels
+        self.size = data.size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        try:
+            x = decode_file(self.paths[i], self.size)
+        except BadImage:
+            # The scan found this file fine; it changed since. Never kill the epoch for it.
+            return torch.zeros((3, *self.size), dtype=torch.uint8), self.labels[i], False
+        return x, self.labels[i], True
+
+
+class _OrderSampler(Sampler[list[int]]):
+    """Batches of indices in the order set for the current epoch (workers persist)."""
+
+    def __init__(self, n: int, batch_size: int) -> None:
+        self.n, self.batch_size = n, batch_size
+        self.order: list[int] = list(range(n))
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for start in range(0, self.n, self.batch_size):
+            yield self.order[start : start + self.batch_size]
+
+
+class _FileBatches:
+    """uint8 batches of a streamed split, decoded by `data.num_workers` DataLoader workers."""
+
+    def __init__(self, data: ImageFiles, batch_size: int, pin: bool) -> None:
+        self.data = data
+        self.sampler = _OrderSampler(len(data), batch_size)
+        workers = min(data.num_workers, len(self.sampler))  # no more workers than batches
+        self.loader = DataLoader(
+            _FileSet(data),
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            generator=torch.Generator(),  # leave the global RNG (dropout, ...) untouched
+        )
+        self.warned: set[int] = set()
+
+    def batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.order = order.tolist() if order is not None else list(range(len(self.data)))
+        for step, (x, y, ok) in enumerate(self.loader):
+            if not bool(ok.all()):  # CPU tensor from the workers: no device sync
+                start = step * self.sampler.batch_size
+                bad = [self.sampler.order[start + j] for j in (~ok).nonzero().flatten().tolist()]
+                for i in bad:
+                    if i not in self.warned:
+                        self.warned.add(i)
+                        log.warning(
+                            f"{self.data.root}/{self.data.files[i]} cannot be decoded any more (changed since "
+                            "the scan); it is fed as a blank image"
+                        )
+            yield x, y

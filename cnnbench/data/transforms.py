@@ -1,22 +1,27 @@
 """Batched image transforms applied on the training device.
 
 Images stay uint8 in memory; each batch is converted to float on the device and augmented
-there as a whole (random crop with zero padding, horizontal flip, resize, normalize). The
-random draws come from a CPU generator, so a seed gives the same augmentation on any device.
+there as a whole (resize, random crop with zero padding, random resized crop, center crop,
+horizontal flip, normalize). The random draws come from a CPU generator, so a seed gives the
+same augmentation on any device. The draws follow torchvision's per-sample transforms
+(RandomCrop, RandomResizedCrop, RandomHorizontalFlip): same distributions, one batch at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 
-from ..config import Normalize
+from ..config import CropMode, Normalize
 from .stats import IMAGENET_MEAN, IMAGENET_STD
 
+Stats = tuple[list[float], list[float]]
 
-def resolve_stats(tcfg, train_stats: tuple[list[float], list[float]], channels: int):
+
+def resolve_stats(tcfg, train_stats: Stats | Callable[[], Stats], channels: int) -> Stats:
     """Mean/std used to normalize: explicit lists, ImageNet's, the train split's, or none."""
     if tcfg.mean is not None or tcfg.std is not None:
         mean, std = list(tcfg.mean or []), list(tcfg.std or [])
@@ -25,7 +30,7 @@ def resolve_stats(tcfg, train_stats: tuple[list[float], list[float]], channels: 
     elif tcfg.normalize == Normalize.none:
         mean, std = [0.0] * channels, [1.0] * channels
     else:
-        mean, std = train_stats
+        mean, std = train_stats() if callable(train_stats) else train_stats
     if len(mean) == 1 and channels > 1:
         mean, std = mean * channels, std * channels
     if len(mean) != channels or len(std) != channels:
@@ -51,11 +56,17 @@ class BatchTransform:
         crop: int | None = None,
         crop_padding: int = 0,
         hflip: bool = False,
+        crop_mode: CropMode | str = CropMode.random,
+        scale: Sequence[float] = (0.08, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
     ) -> None:
         self.train = train
         self.resize = resize
         self.crop = crop
-        self.crop_padding = crop_padding if train else 0
+        self.crop_mode = CropMode(crop_mode.value if isinstance(crop_mode, Enum) else crop_mode)
+        self.crop_padding = crop_padding if train and self.crop_mode == CropMode.random else 0
+        self.area_scale = (float(scale[0]), float(scale[1]))  # crop_mode=resized
+        self.aspect_ratio = (float(ratio[0]), float(ratio[1]))
         self.hflip = hflip and train
         std_t = torch.tensor(std, dtype=torch.float32)
         # x / 255 normalized = x * scale - shift, one fused pass.
@@ -80,9 +91,16 @@ class BatchTransform:
                 align_corners=False,
             )
         out_h, out_w = self.output_size(x.shape[-2], x.shape[-1])
-        if self.train and (self.crop_padding > 0 or (out_h, out_w) != tuple(x.shape[-2:])):
+        same_size = (out_h, out_w) == tuple(x.shape[-2:])
+        if self.train and self.crop_mode == CropMode.resized:
+            x = random_resized_crop(x, out_h, out_w, self.area_scale, self.aspect_ratio, gen)
+        elif (
+            self.train
+            and self.crop_mode == CropMode.random
+            and (self.crop_padding > 0 or not same_size)
+        ):
             x = random_crop(x, out_h, out_w, self.crop_padding, gen)
-        elif (out_h, out_w) != tuple(x.shape[-2:]):
+        elif not same_size:
             x = center_crop(x, out_h, out_w)
         if self.hflip:
             flip = torch.rand(x.shape[0], generator=gen) < 0.5
@@ -97,9 +115,22 @@ def random_crop(
     """Per-sample random crops after zero padding (torchvision's RandomCrop, batched)."""
     if padding > 0:
         x = F.pad(x, (padding, padding, padding, padding))
-    n, _, h, w = x.shape
-    top = torch.randint(0, h - height + 1, (n,), generator=gen).to(x.device)
-    left = torch.randint(0, w - width + 1, (n,), generator=gen).to(x.device)
+    n, c, h, w = x.shape
+    top = torch.randint(0, h - height + 1, (n,), generator=gen)
+    left = torch.randint(0, w - width + 1, (n,), generator=gen)
+    if h - height + 1 <= 64 and w - width + 1 <= 64:
+        # Few possible offsets (e.g. 9 with padding 4): one slice copy per distinct offset,
+        # rows first, then columns; cheaper than a gather over every pixel.
+        rows = x.new_empty((n, c, height, w))
+        for t in top.unique().tolist():
+            idx = (top == t).nonzero().flatten().to(x.device)
+            rows.index_copy_(0, idx, x.index_select(0, idx)[:, :, t : t + height, :])
+        out = x.new_empty((n, c, height, width))
+        for j in left.unique().tolist():
+            idx = (left == j).nonzero().flatten().to(x.device)
+            out.index_copy_(0, idx, rows.index_select(0, idx)[:, :, :, j : j + width])
+        return out
+    top, left = top.to(x.device), left.to(x.device)
     rows = (top[:, None] + torch.arange(height, device=x.device))[:, :, None]  # n, H, 1
     cols = (left[:, None] + torch.arange(width, device=x.device))[:, None, :]  # n, 1, W
     batch = torch.arange(n, device=x.device)[:, None, None]
@@ -108,16 +139,107 @@ def random_crop(
 
 
 def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """torchvision's CenterCrop (zero padding when the image is smaller than the crop)."""
     h, w = x.shape[-2:]
-    top, left = (h - height) // 2, (w - width) // 2
+    if height > h or width > w:
+        ph, pw = max(height - h, 0), max(width - w, 0)
+        x = F.pad(x, (pw // 2, (pw + 1) // 2, ph // 2, (ph + 1) // 2))
+        h, w = x.shape[-2:]
+    top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
     return x[..., top : top + height, left : left + width]
 
 
+def resized_crop_params(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    gen: torch.Generator | None,
+    attempts: int = 10,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(top, left, crop height, crop width) for n images: RandomResizedCrop.get_params, batched.
+
+    Like torchvision: up to 10 tries of an area fraction uniform in `scale` and a log-uniform
+    aspect ratio in `ratio`; the first crop that fits wins, else a center crop clamped to
+    `ratio`. All tries are drawn at once, so the draws per batch are fixed in number.
+    """
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio, dtype=torch.float64))
+    u = torch.rand((4, n, attempts), generator=gen, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+    aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
+    cw = torch.sqrt(target * aspect).round()
+    ch = torch.sqrt(target / aspect).round()
+    fits = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
+    # torch.randint(0, k + 1) is floor(U * (k + 1)): the same uniform offsets.
+    top = (u[2] * (height - ch + 1)).floor()
+    left = (u[3] * (width - cw + 1)).floor()
+    first = torch.where(fits.any(dim=1), fits.float().argmax(dim=1), -1)
+    # Fallback (no try fits): the whole image, clamped to the allowed aspect ratios.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+    pick = first.clamp_min(0)[:, None]
+    ok = first >= 0
+
+    def choose(values: torch.Tensor, fallback: float) -> torch.Tensor:
+        chosen = values.gather(1, pick).squeeze(1)
+        return torch.where(ok, chosen, torch.full_like(chosen, fallback)).long()
+
+    return (
+        choose(top, (height - fh) // 2),
+        choose(left, (width - fw) // 2),
+        choose(ch, fh),
+        choose(cw, fw),
+    )
+
+
+def random_resized_crop(
+    x: torch.Tensor,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    gen: torch.Generator | None,
+) -> torch.Tensor:
+    """Per-sample RandomResizedCrop to height x width, batched with roi_align.
+
+    roi_align samples each output pixel bilinearly (aligned=True: the box edges are pixel
+    edges, like interpolate's align_corners=False) and averages ceil(box/output) samples per
+    pixel when shrinking, which approximates an antialiased resize.
+    """
+    from torchvision.ops import roi_align
+
+    n, _, h, w = x.shape
+    top, left, ch, cw = resized_crop_params(n, h, w, scale, ratio, gen)
+    boxes = torch.stack([torch.arange(n), left, top, left + cw, top + ch], dim=1).to(
+        device=x.device, dtype=x.dtype
+    )
+    return roi_align(x, boxes, (height, width), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
 def build_transforms(
-    tcfg, train_stats: tuple[list[float], list[float]], channels: int
+    tcfg, train_stats: Stats | Callable[[], Stats], channels: int
 ) -> tuple[BatchTransform, BatchTransform]:
-    """(train, eval) pipelines of a transforms preset; eval never augments."""
+    """(train, eval) pipelines of a transforms preset; eval never augments.
+
+    `train_stats` is (mean, std) or a function computing them (called only for normalize=auto,
+    e.g. DataSplits.train_stats, which caches them per dataset).
+    """
     mean, std = resolve_stats(tcfg, train_stats, channels)
     common = dict(mean=mean, std=std, resize=tcfg.resize, crop=tcfg.crop)
-    train = BatchTransform(train=True, crop_padding=tcfg.crop_padding, hflip=tcfg.hflip, **common)
+    train = BatchTransform(
+        train=True,
+        crop_padding=tcfg.crop_padding,
+        hflip=tcfg.hflip,
+        crop_mode=tcfg.crop_mode,
+        scale=list(tcfg.scale),
+        ratio=list(tcfg.ratio),
+        **common,
+    )
     return train, BatchTransform(train=False, **common)

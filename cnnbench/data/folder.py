@@ -1,0 +1,403 @@
+"""`dataset=folder`: images in class subfolders, checked once, then held in memory or streamed.
+
+Layouts under `dataset.root`:
+
+    root/<class>/<image>                        one folder: split with dataset.splits or
+                                                dataset.test_split / dataset.val_split
+    root/train/<class>/<image>                  split folders: val/ (or valid/) and test/
+    root/{val,test}/<class>/<image>             are optional and carved from train/ when absent
+
+Every file is fully decoded once before training (the scan): empty, truncated, non-image and
+unreadable files are skipped and reported, the rest are converted to RGB at one storage size.
+Folders whose decoded size fits `dataset.max_memory_mb` are kept in memory as uint8 tensors;
+larger ones are decoded batch by batch by DataLoader workers. Scan results (and the decoded
+images) are cached on disk keyed by the files' names, sizes and mtimes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import CnnbenchError
+from .cache import cache_root, content_key, load_entry, save_entry
+from .images import BadImage, decode_file, image_size_of
+from .splits import ImageFiles, ImageTensors, SkippedFile
+
+log = logging.getLogger("cnnbench")
+
+SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SMALL_SCAN = 1000  # below this many files, decoding in the main process beats starting workers
+SCAN_CHUNK = 256  # files per scan work item
+
+
+def resolve_workers(value: str | int, n_items: int | None = None) -> int:
+    """num_workers: 'auto' is one worker per available core (at most 8), none for small sets."""
+    text = str(value).strip().lower()
+    if text != "auto":
+        return int(text)
+    if n_items is not None and n_items < SMALL_SCAN:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, cores or 1))
+
+
+@dataclass
+class Pool:
+    """The files of one folder (root, or root/train, root/val, root/test) with their labels."""
+
+    folder: Path
+    prefix: str  # path of `folder` relative to the dataset root ("" or "train/")
+    files: list[str]  # relative to `folder`
+    labels: list[int]
+    stamps: list[tuple[int, int]]  # (size, mtime_ns) per file, for the cache key
+
+
+@dataclass
+class ScannedPool:
+    files: list[str]  # usable files, relative to the dataset root
+    labels: torch.Tensor
+    sums: torch.Tensor  # N x 2 x 3 float64
+    size: tuple[int, int]
+    images: torch.Tensor | None  # N x 3 x H x W uint8 when decoded into memory
+    skipped: list[SkippedFile]
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name != "__MACOSX"
+
+
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if _visible(e.name) and e.is_dir())
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, 0
+
+
+def _class_files(class_dir: Path) -> list[str]:
+    """Visible files under `class_dir` (recursively), sorted, relative to `class_dir`."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        rel = Path(dirpath).relative_to(class_dir)
+        found += [str(rel / f) if str(rel) != "." else f for f in filenames if _visible(f)]
+    return sorted(found)
+
+
+def list_pool(
+    folder: Path, prefix: str, classes: list[str], max_per_class: int | None, seed: int
+) -> Pool:
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        names = _class_files(class_dir)
+        if max_per_class is not None and len(names) > max_per_class:
+            names = sorted(random.Random(f"{seed}:{name}").sample(names, max_per_class))
+        files += [f"{name}/{f}" for f in names]
+        labels += [label] * len(names)
+    return Pool(folder, prefix, files, labels, [_stamp(folder / f) for f in files])
+
+
+def find_pools(cfg) -> tuple[dict[str, Pool], list[str], list[SkippedFile]]:
+    """The pools of `cfg.root` by split name ('all' for one folder), the classes, stray files."""
+    root = Path(cfg.root).expanduser().resolve()
+    if not root.is_dir():
+        raise CnnbenchError(
+            f"dataset.root={cfg.root}: no such folder ({root}); dataset=folder needs a folder of "
+            "class subfolders, e.g. root/cat/1.jpg root/dog/2.jpg, or root/train/<class>/... "
+            "with optional root/val/ and root/test/"
+        )
+    top = _subdirs(root)
+    layout = {SPLIT_DIRS[d.lower()]: d for d in top if d.lower() in SPLIT_DIRS}
+    split_layout = "train" in layout and len(layout) == len(top)
+    folders = {k: root / v for k, v in layout.items()} if split_layout else {"all": root}
+    main = folders["train" if split_layout else "all"]
+    classes = _subdirs(main)
+    if not classes:
+        raise CnnbenchError(
+            f"no class folders in {main}: dataset=folder expects <root>/<class>/<image> "
+            "(e.g. root/cat/1.jpg, root/dog/2.jpg), or the same under root/train/"
+        )
+    if len(classes) == 1:
+        raise CnnbenchError(
+            f"only one class folder ({classes[0]!r}) in {main}: a classifier needs at least "
+            "two; add a folder per class"
+        )
+    for split, folder in folders.items():
+        extra = sorted(set(_subdirs(folder)) - set(classes))
+        if extra:
+            raise CnnbenchError(
+                f"{folder} has class folders that {main} lacks: {', '.join(extra)}; every "
+                f"class in {split}/ must also be in train/"
+            )
+    stray = [
+        SkippedFile(str(main / e.name), "not inside a class folder")
+        for e in sorted(os.scandir(main), key=lambda e: e.name)
+        if _visible(e.name) and not e.is_dir()
+    ]
+    pools = {
+        split: list_pool(
+            folder,
+            "" if split == "all" else f"{folder.name}/",
+            classes,
+            cfg.max_per_class,
+            cfg.split_seed,
+        )
+        for split, folder in folders.items()
+    }
+    return pools, classes, stray
+
+
+class _ScanSet(Dataset):
+    """Chunk c of the files, decoded: (first index, images, channel sums, reasons).
+
+    Working on chunks keeps the traffic between worker processes to one tensor per chunk.
+    `images` is a stacked uint8 tensor (or a list when sizes differ; only image shapes when
+    not `keep`); the entries of unusable files are None, with their reason in `reasons`.
+    """
+
+    def __init__(self, paths: list[str], size: tuple[int, int] | None, keep: bool) -> None:
+        self.paths, self.size, self.keep = paths, size, keep
+
+    def __len__(self) -> int:
+        return (len(self.paths) + SCAN_CHUNK - 1) // SCAN_CHUNK
+
+    def __getitem__(self, c: int):
+        start = c * SCAN_CHUNK
+        paths = self.paths[start : start + SCAN_CHUNK]
+        images: list[torch.Tensor | None] = []
+        reasons: list[str | None] = []
+        for path in paths:
+            try:
+                images.append(decode_file(path, self.size))
+                reasons.append(None)
+            except BadImage as err:
+                images.append(None)
+                reasons.append(str(err))
+        shapes = {tuple(x.shape) for x in images if x is not None}
+        sums = torch.zeros(len(paths), 2, 3, dtype=torch.float64)
+        stacked = None
+        if len(shapes) == 1:
+            blank = torch.zeros(next(iter(shapes)), dtype=torch.uint8)
+            stacked = torch.stack([blank if x is None else x for x in images])
+            xf = stacked.to(torch.float64).div_(255.0)
+            sums[:, 0], sums[:, 1] = xf.sum(dim=(2, 3)), xf.square_().sum(dim=(2, 3))
+        else:  # sizes differ (an error unless resizing) or nothing decoded
+            for k, x in enumerate(images):
+                if x is not None:
+                    xf = x.to(torch.float64).div_(255.0)
+                    sums[k, 0], sums[k, 1] = xf.sum(dim=(1, 2)), xf.square_().sum(dim=(1, 2))
+        if not self.keep:
+            return start, [None if x is None else tuple(x.shape) for x in images], sums, reasons
+        return start, (stacked if stacked is not None else images), sums, reasons
+
+
+def _first(batch: list):
+    return batch[0]
+
+
+def _size_mismatch(root: Path, first: str, first_size, other: str, other_size) -> CnnbenchError:
+    return CnnbenchError(
+        f"images in {root} have different sizes ({first_size[1]}x{first_size[0]} for {first}, "
+        f"{other_size[1]}x{other_size[0]} for {other}); pick one storage size with "
+        "dataset.image_size=N, or a transforms preset that resizes (transforms=resize "
+        "transforms.resize=N, imagenet227, rrc224)"
+    )
+
+
+def scan_pool(
+    pool: Pool,
+    size: tuple[int, int] | None,
+    keep: bool,
+    workers: str | int,
+    progress: bool = True,
+) -> ScannedPool:
+    """Fully decode every file of `pool` once; keep the images when `keep`."""
+    from tqdm import tqdm
+
+    paths = [str(pool.folder / f) for f in pool.files]
+    n = len(paths)
+    num_workers = resolve_workers(workers, n)
+    loader = DataLoader(
+        _ScanSet(paths, size, keep),
+        batch_size=1,
+        num_workers=num_workers,
+        collate_fn=_first,
+        generator=torch.Generator(),  # leave the global RNG (model init) untouched
+    )
+    ok = torch.zeros(n, dtype=torch.bool)
+    sums = torch.zeros(n, 2, 3, dtype=torch.float64)
+    images: torch.Tensor | None = None
+    skipped: list[SkippedFile] = []
+    stored, first = 0, None
+    bar = tqdm(total=n, desc=f"[Scan] {pool.folder.name}", disable=None if progress else True)
+    for start, chunk, chunk_sums, reasons in loader:
+        for k, reason in enumerate(reasons):
+            i = start + k
+            if reason is not None:
+                skipped.append(SkippedFile(paths[i], reason))
+                continue
+            shape = tuple(chunk[k].shape[1:]) if keep else tuple(chunk[k][1:])
+            if first is None:
+                first = (pool.files[i], shape)
+                if keep:
+                    images = torch.empty((n, 3, *shape), dtype=torch.uint8)
+            elif shape != first[1]:
+                raise _size_mismatch(pool.folder, first[0], first[1], pool.files[i], shape)
+            if keep:
+                images[stored] = chunk[k]
+            stored += 1
+            ok[i] = True
+            sums[i] = chunk_sums[k]
+        bar.update(len(reasons))
+    bar.close()
+    index = ok.nonzero().flatten()
+    files = [pool.prefix + pool.files[i] for i in index.tolist()]
+    return ScannedPool(
+        files=files,
+        labels=torch.tensor(pool.labels, dtype=torch.int64)[index],
+        sums=sums[index],
+        size=first[1] if first is not None else (size or (0, 0)),
+        images=images[:stored] if images is not None else None,
+        skipped=skipped,
+    )
+
+
+def _storage_size(cfg, tcfg, pools: dict[str, Pool]) -> tuple[tuple[int, int] | None, tuple]:
+    """(size to resize to or None for native, estimated (H, W) for the memory budget)."""
+    side = cfg.image_size or (tcfg.resize if tcfg is not None else None)
+    if side:
+        return (side, side), (side, side)
+    for pool in pools.values():
+        for f in pool.files[:64]:
+            probe = image_size_of(str(pool.folder / f))
+            if probe is not None:
+                return None, probe
+    return None, (0, 0)
+
+
+def _count_skips(skipped: list[SkippedFile]) -> str:
+    kinds = Counter(s.reason.split(" (")[0] for s in skipped)
+    return ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+
+
+def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
+    """Pools of `cfg.root` as in-memory ImageTensors or streamed ImageFiles.
+
+    Returns ({split: pool}, classes, skipped files, content key of the pools).
+    """
+    pools, classes, skipped = find_pools(cfg)
+    root = Path(cfg.root).expanduser().resolve()
+    total = sum(len(p.files) for p in pools.values())
+    if total == 0:
+        raise CnnbenchError(
+            f"no files in the class folders of {root}; put images in <root>/<class>/"
+        )
+    size, estimate = _storage_size(cfg, tcfg, pools)
+    decoded_mb = total * 3 * estimate[0] * estimate[1] / 2**20
+    in_memory = decoded_mb <= cfg.max_memory_mb
+    mode = "memory" if in_memory else "stream"
+    where = cache_root(cfg.cache_dir) / "folders"
+    scanned: dict[str, ScannedPool] = {}
+    keys = []
+    for split, pool in pools.items():
+        key = content_key("folder", mode, size, classes, pool.prefix, pool.files, pool.stamps)
+        keys.append(key)
+        path = where / f"{key}.pt"
+        entry = load_entry(path)
+        if entry is not None and _became_readable(root, entry["skipped"]):
+            entry = None  # a permission fix changes no mtime: check again
+        if entry is not None:
+            log.info(f"{pool.folder}: {len(entry['files'])} checked images from the cache {path}")
+            scanned[split] = ScannedPool(
+                files=entry["files"],
+                labels=entry["labels"],
+                sums=entry["sums"],
+                size=tuple(entry["size"]),
+                images=entry.get("images"),
+                skipped=[SkippedFile(str(root / p), r) for p, r in entry["skipped"]],
+            )
+            continue
+        what = "decoding into memory" if in_memory else "checking (streamed later)"
+        log.info(f"{pool.folder}: {len(pool.files)} files, {what} at {_size_text(size)}")
+        result = scan_pool(pool, size, in_memory, workers, progress)
+        scanned[split] = result
+        entry = dict(
+            files=result.files,
+            labels=result.labels,
+            sums=result.sums,
+            size=list(result.size),
+            skipped=[[str(Path(s.path).relative_to(root)), s.reason] for s in result.skipped],
+        )
+        if result.images is not None:
+            entry["images"] = result.images
+        if save_entry(path, entry):
+            log.info(f"cached as {path}")
+    candidates = total + len(skipped)  # `skipped` holds the stray files so far
+    for s in scanned.values():
+        skipped += s.skipped
+    if skipped:
+        log.warning(
+            f"skipped {len(skipped)} of {candidates} files in {root}: {_count_skips(skipped)} "
+            "(listed in skipped_files.txt)"
+        )
+    _check_pools(scanned, classes, root)
+    sizes = {s.size for s in scanned.values()}
+    if len(sizes) > 1:
+        a, b = sorted(sizes)[:2]
+        raise _size_mismatch(root, "one split", a, "another", b)
+    num_workers = resolve_workers(workers)
+    splits = {}
+    for split, s in scanned.items():
+        if s.images is not None:
+            splits[split] = ImageTensors(s.images, s.labels, s.files, s.sums)
+        else:
+            splits[split] = ImageFiles(str(root), s.files, s.labels, s.size, s.sums, num_workers)
+    if not in_memory:
+        log.info(
+            f"{root}: about {decoded_mb:,.0f} MB decoded > dataset.max_memory_mb="
+            f"{cfg.max_memory_mb}: streaming from disk with {num_workers} loader workers"
+        )
+    return splits, classes, skipped, content_key("folder-set", keys)
+
+
+def _became_readable(root: Path, skipped: list[list[str]]) -> bool:
+    return any(
+        reason.startswith("unreadable") and os.access(root / path, os.R_OK)
+        for path, reason in skipped
+    )
+
+
+def _size_text(size: tuple[int, int] | None) -> str:
+    return "the images' own size" if size is None else f"{size[1]}x{size[0]}"
+
+
+def _check_pools(scanned: dict[str, ScannedPool], classes: list[str], root: Path) -> None:
+    for split, s in scanned.items():
+        name = "the folder" if split == "all" else f"{split}/"
+        if len(s.files) == 0:
+            raise CnnbenchError(
+                f"{name} of {root} has no usable images ({len(s.skipped)} skipped, see above)"
+            )
+        if split in ("all", "train"):
+            counts = torch.bincount(s.labels, minlength=len(classes))
+            empty = [classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
+            if empty:
+                raise CnnbenchError(
+                    f"class folder(s) {', '.join(empty)} in {root if split == 'all' else root / 'train'} "
+                    "have no usable images; add images or remove the folder(s)"
+                )
