@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import random
@@ -26,14 +27,37 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (POSIX; a no-op where directories can't be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through `write(file)` so readers see the old file or the new one, never a torn one.
 
-    The data goes to a temp file in the same directory, is flushed and fsynced, and then
-    renamed over `path` (os.replace is atomic on POSIX and Windows).
+    The data goes to a hidden temp file in the same directory (`.NAME.XXXX.tmp`), is flushed
+    and fsynced, and then renamed over `path` (os.replace is atomic on POSIX and Windows).
+    A process killed mid-write leaves at most such a temp file, which the next successful
+    write of `path` removes. Failing to write (disk full, read-only) keeps the old file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
+    except OSError as err:
+        raise CnnbenchError(f"cannot write {path}: {err.strerror or err}") from err
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -41,9 +65,15 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            kept = f"; the previous {path.name} is kept" if path.exists() else ""
+            raise CnnbenchError(f"could not write {path}: {err.strerror or err}{kept}") from err
         raise
+    _fsync_dir(path.parent)
+    for stale in path.parent.glob(f"{glob.escape(_temp_prefix(path))}*.tmp"):
+        stale.unlink(missing_ok=True)  # left behind by a save that was killed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -69,6 +99,15 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CnnbenchError(f"could not read checkpoint {path}: {err}") from None
+
+
+def _load_error_gist(err: BaseException) -> str:
+    """One informative line from load_state_dict's multi-line report."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return err.__class__.__name__
+    detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+    return detail if len(detail) <= 300 else detail[:297] + "..."
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -122,9 +161,12 @@ def restore_training_state(
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0]
+        saved = state.get("model_name")
+        by = f" was written by model {saved!r} and" if saved else ""
         raise CnnbenchError(
-            f"{source} does not fit this model/optimizer (was it written by another model?): {first}"
+            f"{source}{by} does not fit this run's {unwrap(model).__class__.__name__} or its "
+            f"optimizer ({_load_error_gist(err)}); resume with the run's own model and "
+            "optimizer, or start a new run"
         ) from None
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])

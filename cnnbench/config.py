@@ -270,6 +270,12 @@ def composition_error(err: Exception) -> CnnbenchError:
         return CnnbenchError(
             f"unknown {group} option {choice!r}; valid {group} options: {', '.join(err.options)}"
         )
+    if "No match in the defaults list" in str(err):  # a group override on a saved run's config
+        group = str(err).split("'")[1] if str(err).count("'") >= 2 else "a config group"
+        return CnnbenchError(
+            f"cannot switch {group}= when continuing a saved run (resume keeps the run's own "
+            f"choices); override single keys such as epochs=30, or start a new run with {group}=..."
+        )
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
         full_key = str(cause.full_key)
         parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""

@@ -2,15 +2,21 @@
 
 Metrics accumulate on the device; the host syncs once per `log_interval` steps (to refresh
 the progress bar) and at the end of the epoch, never per step.
+
+train_one_epoch can stop after any step (`stop()` true, e.g. on Ctrl-C) and return the
+partial state (`EpochResult.partial`); given that state back as `resume_from` it skips the
+steps already done (the loader replays the same batches) and continues, so the epoch ends
+exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,8 +30,9 @@ class EpochResult:
     loss: float
     top1: float
     top5: float
-    images: int
+    images: int  # images trained on (or evaluated) by this call
     seconds: float
+    partial: dict[str, Any] | None = None  # set when stop() ended the epoch early
 
 
 def _progress(loader: Iterable, desc: str, enabled: bool) -> tqdm:
@@ -49,6 +56,15 @@ def _check_finite(loss: float, epoch: int, step: int, optimizer: torch.optim.Opt
         )
 
 
+def _check_replay(steps: int, replayed: int, saved: int) -> None:
+    if replayed != saved:
+        raise CnnbenchError(
+            f"last.pt was saved {steps} steps ({saved} images) into this epoch, but the first "
+            f"{steps} steps of this run hold {replayed} images: resume with the batch_size and "
+            "dataset the run was started with"
+        )
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -61,17 +77,34 @@ def train_one_epoch(
     step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     log_interval: int = 50,
     progress: bool = True,
+    stop: Callable[[], bool] | None = None,
+    resume_from: dict[str, Any] | None = None,
 ) -> EpochResult:
-    """One pass over `loader`; returns mean loss and top-1 accuracy of the seen batches."""
+    """One pass over `loader`; returns mean loss and top-1 accuracy of the seen batches.
+
+    `stop` is polled after every step (a Python flag, no sync); when it turns true the
+    epoch ends there and the result's `partial` holds what `resume_from` needs later.
+    """
     model.train()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    seen = skip = skipped = 0
+    if resume_from is not None:  # stopped mid-epoch before: start from its accumulators
+        skip, seen = resume_from["step"], resume_from["seen"]
+        loss_sum += resume_from["loss_sum"].to(device)
+        correct += resume_from["correct"].to(device)
+    seen_before = seen
     bar = _progress(loader, "[Training]", progress)
-    synced_step = 0
+    bar.update(skip)
+    synced_step = skip
     start = time.perf_counter()
     for step, (x, y) in enumerate(loader, 1):
+        if step <= skip:  # done before the interruption: replay the batch, don't train on it
+            skipped += y.shape[0]
+            if step == skip:
+                _check_replay(skip, skipped, seen)
+            continue
         with autocast or nullcontext():
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -98,11 +131,20 @@ def train_one_epoch(
                 )
                 bar.update(step - synced_step)
             synced_step = step
+        if stop is not None and stop():
+            partial = dict(step=step, loss_sum=loss_sum.cpu(), correct=correct.cpu(), seen=seen)
+            _check_finite(loss_sum.item() / seen, epoch, step, optimizer)
+            bar.close()
+            seconds = time.perf_counter() - start
+            return EpochResult(math.nan, math.nan, math.nan, seen - seen_before, seconds, partial)
+    if skip > len(loader):  # type: ignore[arg-type]
+        _check_replay(skip, skipped, seen)
     mean_loss = loss_sum.item() / max(seen, 1)
     seconds = time.perf_counter() - start
     _check_finite(mean_loss, epoch, synced_step, optimizer)
     bar.close()
-    return EpochResult(mean_loss, correct.item() / max(seen, 1), float("nan"), seen, seconds)
+    top1 = correct.item() / max(seen, 1)
+    return EpochResult(mean_loss, top1, float("nan"), seen - seen_before, seconds)
 
 
 @torch.no_grad()

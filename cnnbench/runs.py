@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +91,75 @@ def split_override(args: list[str], key: str) -> tuple[str | None, list[str]]:
         else:
             rest.append(arg)
     return value, rest
+
+
+def planned_run_dir(overrides: list[str]) -> Path:
+    """The run directory Hydra will create for `cnnbench train OVERRIDES` (hydra.run.dir)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("cnnbench.configs", version_base=None):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        return Path(str(cfg.hydra.run.dir))
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail with one message, before any work, when `run_dir` cannot be created or written."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CnnbenchError(
+            f"cannot create the run directory {run_dir}: {existing} is a file, not a "
+            "directory; choose another hydra.run.dir=PATH"
+        )
+    try:  # os.access is not enough: root passes it on read-only file systems
+        os.rmdir(tempfile.mkdtemp(prefix=".cnnbench-write-check-", dir=existing))
+    except OSError as err:
+        raise CnnbenchError(
+            f"cannot write the run directory {run_dir}: {existing} is not writable "
+            f"({err.strerror or err}); run from a writable directory or choose "
+            "hydra.run.dir=PATH"
+        ) from None
+
+
+# A resume re-enters the run dir, and Hydra rewrites its .hydra/*.yaml with the new overrides
+# before the run starts. If the resume then fails (another model, another batch_size mid-epoch,
+# out of memory) before it saved last.pt, the run's own config is put back, so a plain
+# `resume=RUN_DIR` still works afterwards.
+_resumed: dict[str, Any] = {}
+
+
+def _last_pt_stamp(run_dir: Path) -> tuple[int, int] | None:
+    try:
+        st = (Path(run_dir) / "last.pt").stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def remember_saved_config(run_dir: Path) -> None:
+    """Keep `run_dir`'s saved config (before Hydra rewrites it) for `saved_config_guard`."""
+    hydra_dir = Path(run_dir) / SAVED_CONFIG.parent
+    _resumed.clear()
+    _resumed.update(
+        run_dir=Path(run_dir),
+        files={p: p.read_bytes() for p in hydra_dir.glob("*.yaml")},
+        last=_last_pt_stamp(run_dir),
+    )
+
+
+@contextmanager
+def saved_config_guard() -> Iterator[None]:
+    """Restore a resumed run's saved config when the run fails before saving last.pt again."""
+    try:
+        yield
+    except BaseException:
+        if _resumed and _last_pt_stamp(_resumed["run_dir"]) == _resumed["last"]:
+            from .checkpoint import atomic_write
+
+            for path, data in _resumed["files"].items():
+                atomic_write(path, lambda f, data=data: f.write(data))
+        raise
+    finally:
+        _resumed.clear()

@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch import nn
 
+from . import interrupt
 from .checkpoint import (
     atomic_write_text,
     load_checkpoint,
@@ -34,11 +35,21 @@ from .config import check_values, compose_checked, register_configs
 from .data import TensorLoader, build_transforms, load_dataset
 from .device import autocast_for, grad_scaler_for, resolve_device, resolve_precision
 from .engine import evaluate, train_one_epoch
-from .errors import CnnbenchError, user_errors
+from .errors import CnnbenchError, out_of_memory_hint, user_errors
 from .metrics import write_json, write_metrics_csv
 from .models import apply_weights, check_input_size, count_params, create_model
 from .optim import build_optimizer, build_scheduler
-from .runs import PRIMARY_NAME, latest_matching_run, primary_from_saved, quote, split_override
+from .runs import (
+    PRIMARY_NAME,
+    check_writable,
+    latest_matching_run,
+    planned_run_dir,
+    primary_from_saved,
+    quote,
+    remember_saved_config,
+    saved_config_guard,
+    split_override,
+)
 from .summary import summary_table
 
 log = logging.getLogger("cnnbench")
@@ -113,20 +124,41 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     best_val_loss, best_epoch, start_epoch = math.inf, 0, 1
     rows: list[dict] = []
+    partial = None  # the state of an epoch stopped mid-way (Ctrl-C), to continue from
+
+    def last_state(epochs_done: int, mid_epoch: dict | None = None) -> dict:
+        """last.pt: all it takes to continue after `epochs_done` epochs (+ `mid_epoch` steps)."""
+        return {
+            "model": unwrap(model).state_dict(),
+            "model_name": cfg.model.name,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": epochs_done,
+            "partial": mid_epoch,
+            "best_val_loss": best_val_loss,
+            "best_epoch": best_epoch,
+            "metrics": rows,
+            "rng": rng_state(),
+        }
+
     if cfg.resume:  # continue from last.pt: weights, optimizer, scheduler, RNG, history
         state = load_checkpoint(last_path)
         restore_training_state(state, model, optimizer, scheduler, scaler, last_path)
-        start_epoch = state["epoch"] + 1
+        start_epoch, partial = state["epoch"] + 1, state.get("partial")
         best_val_loss, best_epoch, rows = (
             state["best_val_loss"],
             state["best_epoch"],
             state["metrics"],
         )
         log.info(
-            f"resuming {out_dir} after epoch {state['epoch']} (best val_loss {best_val_loss:.5f})"
+            f"resuming {out_dir} after epoch {state['epoch']}"
+            + (f" and {partial['step']} steps of epoch {start_epoch}" if partial else "")
+            + f" (best val_loss {best_val_loss:.5f})"
         )
     train_images, train_seconds = 0, 0.0
     progress = cfg.progress
+    interrupt.arm()  # Ctrl-C/SIGTERM from here on: finish the step, save last.pt, exit
     for epoch in range(start_epoch, cfg.epochs + 1):
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -141,7 +173,13 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             scaler=scaler,
             log_interval=cfg.log_interval,
             progress=progress,
+            stop=interrupt.requested,
+            resume_from=partial,
         )
+        partial = None
+        if tr.partial is not None:  # stopped mid-epoch: save this point and exit
+            save_checkpoint(last_state(epoch - 1, tr.partial), last_path)
+            interrupt.exit_for_resume(out_dir, f"in epoch {epoch} after step {tr.partial['step']}")
         train_images += tr.images
         train_seconds += tr.seconds
         va = evaluate(net, val_loader, eval_loss_fn, autocast=autocast, progress=progress)
@@ -182,20 +220,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
                 },
                 best_path,
             )
-        save_checkpoint(
-            {
-                "model": unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch,
-                "best_val_loss": best_val_loss,
-                "best_epoch": best_epoch,
-                "metrics": rows,
-                "rng": rng_state(),
-            },
-            last_path,
-        )
+        save_checkpoint(last_state(epoch), last_path)
+        if interrupt.requested():
+            interrupt.exit_for_resume(out_dir, f"after epoch {epoch}")
+    interrupt.disarm()
 
     # ---- test: reload the best weights, evaluate with the eval transform
     model.load_state_dict(load_checkpoint(best_path)["model"])
@@ -229,8 +257,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
 @hydra.main(version_base=None, config_path="pkg://cnnbench.configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     """Hydra entrypoint behind `cnnbench train`."""
-    with user_errors():
-        train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    oom_hint = out_of_memory_hint(cfg.batch_size, out_dir)
+    with user_errors(), saved_config_guard(), interrupt.graceful_stop(), oom_hint:
+        train(cfg, out_dir)
 
 
 def hydra_args(args: list[str]) -> list[str]:
@@ -243,6 +273,7 @@ def hydra_args(args: list[str]) -> list[str]:
     if resume in (None, "", "null"):
         if not any(a.startswith("-") for a in args):  # not --help/-m/--cfg: validate first
             compose_checked(args)
+            check_writable(planned_run_dir(args))
         return args
     if any(a.startswith("-") for a in rest):
         raise CnnbenchError("resume= continues one run; it cannot be combined with -m or flags")
@@ -259,6 +290,8 @@ def hydra_args(args: list[str]) -> list[str]:
     config_dir = primary_from_saved(run_dir)
     overrides = [*rest, f"resume={quote(str(run_dir))}", f"hydra.run.dir={quote(str(run_dir))}"]
     compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=str(config_dir))
+    check_writable(run_dir)
+    remember_saved_config(run_dir)  # put back if this resume fails before it saves
     return ["--config-dir", str(config_dir), "--config-name", PRIMARY_NAME, *overrides]
 
 
