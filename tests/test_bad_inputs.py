@@ -79,7 +79,7 @@ CASES: dict[str, Case] = {
     ),
     "unknown dataset": (
         lambda tmp, run: [*TINY, "dataset=imagenet"],
-        "unknown dataset option 'imagenet'; valid dataset options: cifar10, digits, fake",
+        "unknown dataset option 'imagenet'; valid dataset options: cifar10, cifar100, digits, fake,",
     ),
     "unknown optimizer": (
         lambda tmp, run: [*TINY, "optimizer=adamm"],
@@ -128,7 +128,7 @@ CASES: dict[str, Case] = {
     ),
     "image size the model cannot take": (
         lambda tmp, run: [*TINY, "model=alexnet_cifar", "dataset.image_size=16"],
-        "model 'alexnet_cifar' cannot take 3x16x16 images (it expects 3x32x32; first error: "
+        "model 'alexnet_cifar' cannot take 3x16x16 images: it expects 3x32x32 (torch says: "
         "mat1 and mat2 shapes cannot be multiplied",
     ),
     "cuda without a GPU": (
