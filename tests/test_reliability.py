@@ -195,9 +195,9 @@ t.save_checkpoint = save_checkpoint
 def test_ctrl_c_before_training_stops_at_once(tmp_path):
     code = """
 _load = t.load_dataset
-def load_dataset(cfg):
+def load_dataset(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)
-    return _load(cfg)
+    return _load(*args, **kwargs)
 t.load_dataset = load_dataset
 """
     proc = harness(tmp_path, code, "train", *RUN, "hydra.run.dir=run")
