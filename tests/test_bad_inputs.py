@@ -72,11 +72,11 @@ CASES: dict[str, Case] = {
     ),
     "unknown model option": (
         lambda tmp, run: [*TINY, "model=alexnett"],
-        "unknown model option 'alexnett'; valid model options: alexnet_cifar, lenet5",
+        "unknown model option 'alexnett'; valid model options: alexnet, alexnet_512, alexnet_cifar,",
     ),
     "unknown model name": (
         lambda tmp, run: [*TINY, "model.name=foo"],
-        "unknown model 'foo'; valid models: alexnet_cifar, lenet5",
+        "unknown model 'foo'; valid models: alexnet, alexnet_512, alexnet_cifar,",
     ),
     "unknown dataset": (
         lambda tmp, run: [*TINY, "dataset=imagenet"],
