@@ -11,6 +11,16 @@ import sys
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cnnbench.train", "train a model: cnnbench train [overrides...] (-m to sweep)"),
+    "eval": (
+        "cnnbench.evaluate",
+        "evaluate a run's best.pt: cnnbench eval RUN_DIR [split=test|val]",
+    ),
+    "predict": (
+        "cnnbench.predict",
+        "classify images: cnnbench predict RUN_DIR PATH... [--out DIR]",
+    ),
+    "rerun": ("cnnbench.rerun", "re-run a saved config: cnnbench rerun RUN_DIR [overrides...]"),
+    "report": ("cnnbench.report", "sweep leaderboard: cnnbench report MULTIRUN_DIR [--sort KEY]"),
 }
 
 EXAMPLES = """examples:

@@ -57,6 +57,7 @@ class BatchTransform:
         self.crop = crop
         self.crop_padding = crop_padding if train else 0
         self.hflip = hflip and train
+        self.mean, self.std = [float(m) for m in mean], [float(v) for v in std]
         std_t = torch.tensor(std, dtype=torch.float32)
         # x / 255 normalized = x * scale - shift, one fused pass.
         self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
