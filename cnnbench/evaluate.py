@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -216,4 +215,3 @@ def run_cli(args: list[str]) -> None:
         run_dir, split, overrides, out_dir = parse_args(args)
         metrics = evaluate_run(run_dir, split, overrides, out_dir)
     print(format_report(metrics), flush=True)
-    sys.stdout.flush()

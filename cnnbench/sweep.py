@@ -8,6 +8,7 @@ swept value stops the sweep before the first job.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import traceback
 from collections.abc import Callable
@@ -41,12 +42,12 @@ def _optuna_missing(overrides: list[str]) -> bool:
     return False
 
 
-def check_sweep(args: list[str], config_name: str = "train", config_dir: str | None = None) -> int:
+def check_sweep(args: list[str], config_name: str = "train", config_dir: str | None = None) -> None:
     """Compose each value of each swept key once (the others at their first value).
 
-    Raises one CnnbenchError naming the first bad value; returns the number of jobs the
-    basic sweeper will run (0 when a sweep type such as interval() is left to a sweeper
-    plugin). Flags other than -m (--cfg, --help, ...) are Hydra's: nothing is checked then.
+    Raises one CnnbenchError naming the first bad value. Sweeps a sweeper plugin expands
+    itself (interval(), glob()) are left to it. Flags other than -m (--cfg, --help, ...) are
+    Hydra's: nothing is checked then.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ValueType
@@ -54,7 +55,7 @@ def check_sweep(args: list[str], config_name: str = "train", config_dir: str | N
 
     overrides = [a for a in args if a not in MULTIRUN_FLAGS]
     if any(a.startswith("-") for a in overrides):
-        return 0
+        return
     if _optuna_missing(overrides):
         raise CnnbenchError(
             "the Optuna sweeper (hydra/sweeper=optuna or lr_search) is not installed: "
@@ -65,7 +66,6 @@ def check_sweep(args: list[str], config_name: str = "train", config_dir: str | N
     except HydraException as err:
         raise composition_error(err) from err
     choices: list[list[str]] = []  # one list of `key=value` strings per override
-    jobs = 1
     for override in parsed:
         if not override.is_sweep_override():
             choices.append([override.input_line])
@@ -75,10 +75,8 @@ def check_sweep(args: list[str], config_name: str = "train", config_dir: str | N
             if not values:
                 raise CnnbenchError(f"sweep {override.input_line!r} has no values")
             choices.append(values)
-            jobs *= len(values)
         else:  # glob(), interval(), ...: expanded by the sweeper itself
             choices.append([])
-            jobs = 0
     base = [values[0] for values in choices if values]
 
     def compose_one(selection: list[str], what: str) -> None:
@@ -95,7 +93,6 @@ def check_sweep(args: list[str], config_name: str = "train", config_dir: str | N
             selection[position] = value
             compose_one(selection, f"sweep value {value!r}")
         position += 1 if values else 0
-    return jobs
 
 
 @dataclass
@@ -110,11 +107,22 @@ class SweepLedger:
 ledger = SweepLedger()
 
 
+def _failed_objective(hydra_cfg: Any) -> float:
+    """The worst value for the sweeper's direction: a failed trial ranks last, the study goes on.
+
+    (NaN would mark it failed, but hydra-optuna-sweeper with optuna 2.x then stops the study.)
+    """
+    from omegaconf import OmegaConf
+
+    direction = OmegaConf.select(hydra_cfg, "sweeper.direction", default="minimize")
+    return -math.inf if str(direction).endswith("maximize") else math.inf
+
+
 def run_sweep_job(train_fn: Callable[[Any, Path], dict], cfg: Any, out_dir: Path) -> float:
-    """Run one sweep job; on failure write `error.txt`, log one line and return NaN.
+    """Run one sweep job; on failure write `error.txt`, log one line and return +-inf.
 
     Returns the job's best validation loss: the objective a sweeper plugin (Optuna)
-    minimizes. NaN marks a failed trial for Optuna without stopping the study.
+    minimizes.
     """
     from hydra.core.hydra_config import HydraConfig
 
@@ -132,7 +140,7 @@ def run_sweep_job(train_fn: Callable[[Any, Path], dict], cfg: Any, out_dir: Path
         atomic_write_text(out_dir / ERROR_FILE, message + "\n" + detail)
         log.error(f"job #{hc.job.num} failed (the sweep goes on): {message}")
         ledger.failed.append(f"#{hc.job.num}")
-        return float("nan")
+        return _failed_objective(hc)
 
 
 def report_failures() -> None:

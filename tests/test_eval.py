@@ -244,3 +244,18 @@ def test_tensorboard_logger_writes_the_metrics_csv_scalars(rerun):
         logged = [(e.step, e.value) for e in events.Scalars(key)]
         assert [s for s, _ in logged] == [int(r["epoch"]) for r in rows]
         assert [v for _, v in logged] == pytest.approx([float(r[key]) for r in rows], rel=1e-5)
+
+
+def test_predict_recomputes_normalization_for_a_best_pt_without_it(run, tmp_path):
+    """Runs saved before best.pt held mean/std: predict falls back to the saved config."""
+    from cnnbench.predict import predict
+
+    old = tmp_path / "old-run"
+    shutil.copytree(run / ".hydra", old / ".hydra")
+    best = torch.load(run / "best.pt", weights_only=True)
+    torch.save({k: v for k, v in best.items() if k not in ("mean", "std")}, old / "best.pt")
+    image = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(image)
+    new_rows = predict(run, [image], tmp_path / "a", device_name="cpu")["rows"]
+    old_rows = predict(old, [image], tmp_path / "b", device_name="cpu")["rows"]
+    assert old_rows == new_rows and len(new_rows) == 1
