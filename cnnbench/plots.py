@@ -71,6 +71,7 @@ def write_curves(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         ax.plot(epochs, [r[f"train_{key}"] for r in rows], "o-", ms=3, label="train")
         ax.plot(epochs, [r[f"val_{key}"] for r in rows], "o-", ms=3, label="val")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -89,6 +90,7 @@ def write_sweep_curves(path: Path, runs: dict[str, Sequence[dict[str, Any]]]) ->
         acc_ax.plot(epochs, [r["val_acc"] for r in rows], "o-", ms=3, label=label)
     for ax, title in ((loss_ax, "validation loss"), (acc_ax, "validation accuracy")):
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(title)
         ax.grid(alpha=0.3)
     if any(runs.values()):
