@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_write_text, load_checkpoint
-from .data import TensorLoader, build_transforms, channel_stats, load_dataset
+from .data import (
+    BatchTransform,
+    DataSplits,
+    TensorLoader,
+    build_transforms,
+    channel_stats,
+    load_dataset,
+)
 from .device import autocast_for, resolve_device, resolve_precision
 from .engine import evaluate
 from .errors import CnnbenchError, user_errors
@@ -61,6 +68,14 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> nn.Modu
     return model.to(device).eval()
 
 
+def rebuild_data(cfg: Any) -> tuple[DataSplits, BatchTransform]:
+    """The splits and the eval transform exactly as train.py builds them from `cfg`."""
+    data = load_dataset(cfg.dataset)
+    stats = channel_stats(data.train.images)
+    _, eval_tf = build_transforms(cfg.transforms, stats, data.input_size[0])
+    return data, eval_tf
+
+
 def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, n: int) -> torch.Tensor:
     """n x n counts: rows are true classes, columns predicted classes."""
     return torch.bincount(labels * n + predicted, minlength=n * n).view(n, n)
@@ -99,9 +114,7 @@ def evaluate_run(
     precision = resolve_precision(cfg.device, device)
 
     # ---- data, exactly as train.py builds it: train-split statistics, eval transform
-    data = load_dataset(cfg.dataset)
-    stats = channel_stats(data.train.images)
-    _, eval_tf = build_transforms(cfg.transforms, stats, data.input_size[0])
+    data, eval_tf = rebuild_data(cfg)
     input_size = [data.input_size[0], *eval_tf.output_size(*data.input_size[1:])]
     if input_size != list(ckpt["input_size"]) or len(data.classes) != ckpt["num_classes"]:
         raise CnnbenchError(

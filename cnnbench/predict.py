@@ -26,11 +26,10 @@ from PIL import Image
 
 from .checkpoint import atomic_write_text
 from .config import DeviceConfig, DeviceName
-from .data import build_transforms, channel_stats, load_dataset
 from .data.transforms import BatchTransform
 from .device import resolve_device
 from .errors import CnnbenchError, user_errors
-from .evaluate import load_best, model_from_checkpoint
+from .evaluate import load_best, model_from_checkpoint, rebuild_data
 from .plots import write_image_grid
 from .runs import compose_saved
 
@@ -82,14 +81,12 @@ def load_image(path: Path, mode: str) -> Any:
         return img.convert(mode)
 
 
-def normalization(run_dir: Path, ckpt: dict[str, Any], channels: int) -> tuple[list, list]:
+def normalization(run_dir: Path, ckpt: dict[str, Any]) -> tuple[list, list]:
     """Mean/std the run normalized with: from best.pt, else recomputed from the saved config."""
     if ckpt.get("mean") is not None and ckpt.get("std") is not None:
         return list(ckpt["mean"]), list(ckpt["std"])
     log.info("best.pt has no normalization statistics (an older run): recomputing them")
-    cfg = compose_saved(run_dir)
-    data = load_dataset(cfg.dataset)
-    _, eval_tf = build_transforms(cfg.transforms, channel_stats(data.train.images), channels)
+    _, eval_tf = rebuild_data(compose_saved(run_dir))
     return eval_tf.mean, eval_tf.std
 
 
@@ -112,7 +109,7 @@ def predict(
     ckpt = load_best(run_dir)
     channels, height, width = (int(v) for v in ckpt["input_size"])
     classes = list(ckpt["classes"])
-    mean, std = normalization(run_dir, ckpt, channels)
+    mean, std = normalization(run_dir, ckpt)
     device = resolve_device(DeviceConfig(name=DeviceName(device_name)))
     model = model_from_checkpoint(ckpt, device)
     transform = BatchTransform(train=False, mean=mean, std=std)

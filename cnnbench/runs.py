@@ -133,26 +133,6 @@ def latest_matching_run(cfg: Any, root: Path) -> Path:
     )
 
 
-# Keys a resumed run must keep: last.pt holds this model's weights and optimizer's state.
-RESUME_FIXED = ("model.name", "model.num_classes", "model.in_channels", "optimizer.name")
-
-
-def check_resumable(run_dir: Path, cfg: Any) -> None:
-    """Refuse overrides that last.pt cannot continue with, before Hydra rewrites the run's config."""
-    saved = saved_config(run_dir)
-    changed = [
-        f"{key} {OmegaConf.select(saved, key)} -> {OmegaConf.select(cfg, key)}"
-        for key in RESUME_FIXED
-        if OmegaConf.select(saved, key) != OmegaConf.select(cfg, key)
-    ]
-    if changed:
-        raise CnnbenchError(
-            f"cannot resume {run_dir} with {', '.join(changed)}: its last.pt holds the state of "
-            f"the run's own model and optimizer. Resume without those overrides, or start a new "
-            f"run from this config with `cnnbench rerun {run_dir} OVERRIDES`"
-        )
-
-
 def quote(value: str) -> str:
     """A Hydra override value that survives any characters (spaces, '=', quotes)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -41,14 +41,7 @@ from .metrics import write_json, write_metrics_csv
 from .models import check_input_size, count_params, create_model
 from .optim import build_optimizer, build_scheduler
 from .plots import refresh_curves
-from .runs import (
-    PRIMARY_NAME,
-    check_resumable,
-    latest_matching_run,
-    primary_from_saved,
-    quote,
-    split_override,
-)
+from .runs import PRIMARY_NAME, latest_matching_run, primary_from_saved, quote, split_override
 from .summary import summary_table
 from .sweep import check_sweep, is_multirun, report_failures, run_sweep_job
 
@@ -273,10 +266,9 @@ def hydra_args(args: list[str]) -> list[str]:
         raise CnnbenchError(
             f"resume={resume}: no last.pt in {run_dir}, so there is nothing to resume"
         )
-    config_dir = primary_from_saved(run_dir, overrides=rest)  # rest may pick groups anew
+    config_dir = primary_from_saved(run_dir)
     overrides = [*rest, f"resume={quote(str(run_dir))}", f"hydra.run.dir={quote(str(run_dir))}"]
-    cfg = compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=str(config_dir))
-    check_resumable(run_dir, cfg)  # e.g. model=... cannot continue this last.pt
+    compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=str(config_dir))
     return ["--config-dir", str(config_dir), "--config-name", PRIMARY_NAME, *overrides]
 
 

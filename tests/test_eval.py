@@ -45,13 +45,13 @@ def test_curves_png_is_written_with_the_metrics(run):
 
 
 def test_best_pt_stores_the_normalization_of_the_train_split(run):
-    from cnnbench.data import channel_stats, load_dataset
+    from cnnbench.evaluate import rebuild_data
     from cnnbench.runs import compose_saved
 
     best = torch.load(run / "best.pt", weights_only=True)
-    data = load_dataset(compose_saved(run).dataset)
-    mean, std = channel_stats(data.train.images)
-    assert best["mean"] == pytest.approx(mean) and best["std"] == pytest.approx(std)
+    _, eval_tf = rebuild_data(compose_saved(run))  # train-split statistics, recomputed
+    assert best["mean"] == pytest.approx(eval_tf.mean) and best["std"] == pytest.approx(eval_tf.std)
+    assert len(best["mean"]) == 3 and all(0.3 < m < 0.7 for m in best["mean"])  # uniform noise
     assert best["input_size"] == [3, 32, 32] and len(best["classes"]) == 10
 
 
@@ -124,12 +124,11 @@ def test_eval_errors_are_one_line(run, tmp_path, capsys):
 
 def test_predict_files_and_folders(run, tmp_path):
     """Test-split images saved as PNG get the probabilities the eval pipeline gives them."""
-    from cnnbench.data import load_dataset
     from cnnbench.data.transforms import BatchTransform
-    from cnnbench.evaluate import model_from_checkpoint
+    from cnnbench.evaluate import model_from_checkpoint, rebuild_data
     from cnnbench.runs import compose_saved
 
-    data = load_dataset(compose_saved(run).dataset)
+    data, _ = rebuild_data(compose_saved(run))
     folder = tmp_path / "images" / "nested"
     folder.mkdir(parents=True)
     for i in range(3):

@@ -238,29 +238,20 @@ def test_resume_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run_cnnbench("train", *TINY, "epochs=1", "hydra.run.dir=run", cwd=tmp_path)
     run_dir = tmp_path / "run"
-    saved = (run_dir / ".hydra" / "config.yaml").read_text()
-
-    # Another model on resume: stopped before Hydra touches the run dir.
-    code, _, err = cli_in_process(capsys, "train", f"resume={run_dir}", "model=alexnet_cifar")
-    assert code == 1
-    assert err.startswith(f"error: cannot resume {run_dir} with model.name lenet5 -> alexnet_cifar")
-    assert err.count("\n") == 1 and (run_dir / ".hydra" / "config.yaml").read_text() == saved
 
     code, _, err = cli_in_process(capsys, "train", "resume=auto", "seed=99", *TINY, "epochs=1")
     assert code == 1 and "resume=auto found no run of this config" in err
-
     code, _, err = cli_in_process(capsys, "train", f"resume={tmp_path / 'nowhere'}")
     assert code == 1 and "no such run directory" in err
 
-    # A last.pt written by another model: one clear message from the restore.
-    state = torch.load(run_dir / "last.pt", weights_only=True)
-    state["model"] = {"features.0.weight": torch.zeros(3)}
-    torch.save(state, run_dir / "last.pt")
-    proc = run_cnnbench("train", f"resume={run_dir}", cwd=tmp_path, check=False)
+    # Another model on resume: its last.pt does not fit; one message, the checkpoints kept.
+    proc = run_cnnbench(
+        "train", f"resume={run_dir}", "model.name=alexnet_cifar", cwd=tmp_path, check=False
+    )
     assert proc.returncode == 1
-    assert proc.stderr.startswith(f"error: {run_dir / 'last.pt'} does not fit this model")
-    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
-    assert (run_dir / "best.pt").is_file()
+    assert proc.stderr.startswith(f"error: {run_dir / 'last.pt'} ")
+    assert "does not fit" in proc.stderr and proc.stderr.count("\n") == 1
+    assert (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file()
 
     (run_dir / "last.pt").unlink()
     code, _, err = cli_in_process(capsys, "train", f"resume={run_dir}")
