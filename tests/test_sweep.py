@@ -112,9 +112,9 @@ def test_a_typo_in_a_swept_value_stops_the_sweep_before_any_job(tmp_path, monkey
     code, _, err = cli_in_process(capsys, "train", "-m", *TINY, "model=lenet5,lenet55")
     assert code == 1
     assert err.startswith(
-        "error: sweep value 'model=lenet55': unknown model option 'lenet55'; valid model "
-        "options: alexnet_cifar, "
+        "error: sweep value 'model=lenet55': unknown model option 'lenet55'; valid model options: "
     )
+    assert "alexnet_cifar, " in err and "lenet5" in err
     assert err.count("\n") == 1 and err.strip().endswith("(no job was started)")
     code, _, err = cli_in_process(capsys, "train", "-m", *TINY, "optimizer.lr=1e-3,0")
     assert (
