@@ -258,6 +258,7 @@ def hydra_args(args: list[str]) -> list[str]:
         raise CnnbenchError("resume= continues one run; it cannot be combined with -m or flags")
     if resume == "auto":
         run_dir = latest_matching_run(compose_checked(rest), Path("outputs"))
+        rest = []  # its saved config equals these overrides (group picks included)
     else:
         run_dir = Path(resume).expanduser().resolve()
         if not run_dir.is_dir():
