@@ -116,13 +116,15 @@ def evaluate_run(
     # ---- data, exactly as train.py builds it: train-split statistics, eval transform
     data, eval_tf = rebuild_data(cfg)
     input_size = [data.input_size[0], *eval_tf.output_size(*data.input_size[1:])]
-    if input_size != list(ckpt["input_size"]) or len(data.classes) != ckpt["num_classes"]:
+    num_classes = cfg.model.num_classes or data.num_classes  # as train.py sizes the head
+    if input_size != list(ckpt["input_size"]) or num_classes != ckpt["num_classes"]:
         raise CnnbenchError(
-            f"the data ({'x'.join(map(str, input_size))} images, {len(data.classes)} classes) "
+            f"the data ({'x'.join(map(str, input_size))} images, {num_classes} classes) "
             f"do not match best.pt ({'x'.join(map(str, ckpt['input_size']))}, "
             f"{ckpt['num_classes']} classes); drop the dataset/transforms overrides"
         )
     classes = list(ckpt.get("classes") or data.classes)
+    classes += [str(i) for i in range(len(classes), num_classes)]  # a head wider than the data
     images = getattr(data, split)
     loader = TensorLoader(
         images,
