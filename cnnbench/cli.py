@@ -15,6 +15,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("cnnbench.summarize", "a model's torchsummary table: cnnbench summary model=NAME"),
     "stats": ("cnnbench.stats", "train-split mean/std per channel: cnnbench stats dataset=..."),
     "show": ("cnnbench.show", "PNG grid of augmented train samples: cnnbench show dataset=..."),
+    "eval": (
+        "cnnbench.evaluate",
+        "evaluate a run's best.pt: cnnbench eval RUN_DIR [split=test|val]",
+    ),
+    "predict": (
+        "cnnbench.predict",
+        "classify images: cnnbench predict RUN_DIR PATH... [--out DIR]",
+    ),
+    "rerun": ("cnnbench.rerun", "re-run a saved config: cnnbench rerun RUN_DIR [overrides...]"),
+    "report": ("cnnbench.report", "sweep leaderboard: cnnbench report MULTIRUN_DIR [--sort KEY]"),
 }
 
 EXAMPLES = """examples:

@@ -121,6 +121,11 @@ class DeviceConfig:
 
 
 @dataclass
+class LoggerConfig:
+    name: str = "none"  # none (metrics.csv only) or tensorboard (RUN_DIR/tb)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -128,6 +133,7 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     transforms: TransformsConfig = field(default_factory=TransformsConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     epochs: int = 20
     batch_size: int = 32
     eval_batch_size: int | None = None  # None: 2 x batch_size

@@ -19,6 +19,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
@@ -36,9 +37,11 @@ from .data import TensorLoader, build_transforms, load_dataset
 from .device import autocast_for, grad_scaler_for, resolve_device, resolve_precision
 from .engine import evaluate, train_one_epoch
 from .errors import CnnbenchError, out_of_memory_hint, user_errors
+from .loggers import open_logger
 from .metrics import write_json, write_metrics_csv
 from .models import apply_weights, check_input_size, count_params, create_model
 from .optim import build_optimizer, build_scheduler
+from .plots import refresh_curves
 from .runs import (
     PRIMARY_NAME,
     check_writable,
@@ -51,6 +54,7 @@ from .runs import (
     split_override,
 )
 from .summary import summary_table
+from .sweep import check_sweep, is_multirun, report_failures, run_sweep_job
 
 log = logging.getLogger("cnnbench")
 register_configs()
@@ -159,6 +163,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     train_images, train_seconds = 0, 0.0
     progress = cfg.progress
     interrupt.arm()  # Ctrl-C/SIGTERM from here on: finish the step, save last.pt, exit
+    metric_logger = open_logger(cfg.logger, out_dir)  # logger=tensorboard: RUN_DIR/tb
     for epoch in range(start_epoch, cfg.epochs + 1):
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -197,6 +202,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             )
         )
         write_metrics_csv(out_dir / "metrics.csv", rows)
+        refresh_curves(out_dir / "curves.png", rows, final=epoch == cfg.epochs)
+        metric_logger.log(rows[-1])
         log.info(
             f"epoch {epoch}/{cfg.epochs}  [Training] loss: {tr.loss:.5f}, accuracy: {tr.top1:.5f}  "
             f"[Validation] loss: {va.loss:.5f}, accuracy: {va.top1:.5f}  "
@@ -215,6 +222,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
                     "num_classes": num_classes,
                     "input_size": list(input_size),
                     "classes": data.classes,
+                    "mean": eval_tf.mean,  # normalization, for `cnnbench predict`
+                    "std": eval_tf.std,
                     "epoch": epoch,
                     "val_loss": va.loss,
                 },
@@ -224,6 +233,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         if interrupt.requested():
             interrupt.exit_for_resume(out_dir, f"after epoch {epoch}")
     interrupt.disarm()
+    metric_logger.close()
 
     # ---- test: reload the best weights, evaluate with the eval transform
     model.load_state_dict(load_checkpoint(best_path)["model"])
@@ -255,12 +265,14 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 @hydra.main(version_base=None, config_path="pkg://cnnbench.configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    """Hydra entrypoint behind `cnnbench train`."""
+def main(cfg: DictConfig) -> float:
+    """Hydra entrypoint behind `cnnbench train`; returns the best val loss (a sweeper's objective)."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failing job is recorded, the sweep goes on
+        return run_sweep_job(train, cfg, out_dir)
     oom_hint = out_of_memory_hint(cfg.batch_size, out_dir)
     with user_errors(), saved_config_guard(), interrupt.graceful_stop(), oom_hint:
-        train(cfg, out_dir)
+        return train(cfg, out_dir)["best_val_loss"]
 
 
 def hydra_args(args: list[str]) -> list[str]:
@@ -271,7 +283,9 @@ def hydra_args(args: list[str]) -> list[str]:
     """
     resume, rest = split_override(args, "resume")
     if resume in (None, "", "null"):
-        if not any(a.startswith("-") for a in args):  # not --help/-m/--cfg: validate first
+        if is_multirun(args):  # each swept value composed once, before any job
+            check_sweep(args)
+        elif not any(a.startswith("-") for a in args):  # not --help/--cfg: validate first
             compose_checked(args)
             check_writable(planned_run_dir(args))
         return args
@@ -279,6 +293,7 @@ def hydra_args(args: list[str]) -> list[str]:
         raise CnnbenchError("resume= continues one run; it cannot be combined with -m or flags")
     if resume == "auto":
         run_dir = latest_matching_run(compose_checked(rest), Path("outputs"))
+        rest = []  # its saved config equals these overrides (group picks included)
     else:
         run_dir = Path(resume).expanduser().resolve()
         if not run_dir.is_dir():
@@ -301,3 +316,4 @@ def run_cli(args: list[str]) -> None:
         args = hydra_args(args)
     sys.argv = ["cnnbench train", *args]
     main()
+    report_failures()  # after a sweep: the failed jobs, and exit 1 if any

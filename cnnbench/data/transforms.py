@@ -68,6 +68,7 @@ class BatchTransform:
         self.area_scale = (float(scale[0]), float(scale[1]))  # crop_mode=resized
         self.aspect_ratio = (float(ratio[0]), float(ratio[1]))
         self.hflip = hflip and train
+        self.mean, self.std = [float(m) for m in mean], [float(v) for v in std]
         std_t = torch.tensor(std, dtype=torch.float32)
         # x / 255 normalized = x * scale - shift, one fused pass.
         self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)

@@ -1,0 +1,138 @@
+"""PNG figures of a run: learning curves, confusion matrix, prediction grid, sweep overlays.
+
+matplotlib is imported lazily and used through its object API with the Agg canvas (no
+pyplot state, no display needed); every PNG is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write
+
+log = logging.getLogger("cnnbench")
+
+# refresh_curves: a refresh is skipped while the time since the last one is under this many
+# times what the last one cost, so plots take at most ~5% of a run with sub-second epochs.
+_MAX_SHARE = 20.0
+_last_refresh: dict[Path, tuple[float, float]] = {}  # path -> (when it ended, what it cost)
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path, dpi: int = 80, tight: bool = False) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
+    atomic_write(Path(path), lambda f: f.write(buf.getvalue()))
+
+
+def refresh_curves(path: Path, rows: Sequence[dict[str, Any]], final: bool = False) -> None:
+    """Rewrite the run's curves.png after an epoch (train.py's one call per epoch).
+
+    Always on the first and the `final` epoch; in between, skipped while epochs are so quick
+    that replotting every time would cost more than ~5% of the run. A plotting failure is
+    logged, never fatal to training.
+    """
+    path = Path(path)
+    now = time.perf_counter()
+    ended, cost = _last_refresh.get(path, (-math.inf, 0.0))
+    if not final and now - ended < _MAX_SHARE * cost:
+        return
+    try:
+        write_curves(path, rows)
+    except Exception as err:  # a figure must never stop a training run
+        log.warning(f"could not write {path}: {err.__class__.__name__}: {err}")
+    done = time.perf_counter()
+    _last_refresh[path] = (done, done - now)
+
+
+def write_curves(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Train/val loss and accuracy per epoch (metrics.csv rows) as one two-panel PNG."""
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    fig = _figure(8, 3.2)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.9, wspace=0.2)
+    for ax, key, title in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in rows], "o-", ms=3, label="train")
+        ax.plot(epochs, [r[f"val_{key}"] for r in rows], "o-", ms=3, label="val")
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+
+
+def write_sweep_curves(path: Path, runs: dict[str, Sequence[dict[str, Any]]]) -> None:
+    """Validation loss and accuracy per epoch of several runs, overlaid (one line per run)."""
+    fig = _figure(10, 3.8)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for label, rows in runs.items():
+        if not rows:
+            continue
+        epochs = [int(r["epoch"]) for r in rows]
+        loss_ax.plot(epochs, [r["val_loss"] for r in rows], "o-", ms=3, label=label)
+        acc_ax.plot(epochs, [r["val_acc"] for r in rows], "o-", ms=3, label=label)
+    for ax, title in ((loss_ax, "validation loss"), (acc_ax, "validation accuracy")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    if any(runs.values()):
+        acc_ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _save(fig, path, dpi=100, tight=True)
+
+
+def write_confusion_matrix(path: Path, matrix: Sequence[Sequence[int]], classes: list[str]) -> None:
+    """Counts (rows: true class, columns: predicted class) with class names on both axes."""
+    n = len(classes)
+    side = min(max(4.0, 0.5 * n + 2.0), 30.0)
+    fig = _figure(side + 1.0, side)
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="Blues", interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_xticks(range(n), labels=classes, rotation=90 if n > 10 else 45, ha="center")
+    ax.set_yticks(range(n), labels=classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 30:  # counts in the cells while they stay legible
+        peak = max((max(row) for row in matrix), default=0) or 1
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                color = "white" if count > peak / 2 else "black"
+                ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
+    _save(fig, path, dpi=100, tight=True)
+
+
+def write_image_grid(path: Path, images: Sequence[Any], titles: Sequence[str]) -> None:
+    """PIL images in a grid, each with its title (the predicted label and probability)."""
+    n = len(images)
+    cols = min(8, max(1, math.ceil(math.sqrt(n))))
+    rows = max(1, math.ceil(n / cols))
+    fig = _figure(2.0 * cols, 2.2 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            img = images[k]
+            if img.mode == "L":
+                ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.imshow(img)
+            ax.set_title(titles[k], fontsize=8)
+    _save(fig, path, dpi=100, tight=True)

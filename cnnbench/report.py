@@ -1,0 +1,190 @@
+"""cnnbench report: a leaderboard of the jobs of a sweep (or of any folder of runs).
+
+    cnnbench report multirun/2026-11-23/12-00-00 --sort test_top1 --desc
+
+Prints a markdown table, writes `leaderboard.csv` and `curves.png` (the jobs' validation
+curves overlaid) into the directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .checkpoint import atomic_write_text
+from .errors import CnnbenchError, user_errors
+from .metrics import read_metrics_csv
+from .plots import write_sweep_curves
+from .runs import SAVED_CONFIG
+from .sweep import ERROR_FILE
+
+METRICS = ["params", "best_val_loss", "test_top1", "test_top5", "epochs", "wall_seconds"]
+DEFAULT_SORT = "best_val_loss"
+
+
+def _job_sort_key(path: Path) -> tuple:
+    return tuple(int(p) if p.isdigit() else math.inf for p in path.parts) + (str(path),)
+
+
+def find_jobs(root: Path) -> list[Path]:
+    """Job directories (with a saved config) under `root`, in job-number order."""
+    jobs = [p.parent.parent for p in root.glob(f"**/{SAVED_CONFIG}")]
+    return sorted(jobs, key=lambda p: _job_sort_key(p.relative_to(root)))
+
+
+def job_overrides(job: Path) -> dict[str, str]:
+    """The command-line overrides of a job (`.hydra/overrides.yaml`) as key -> value."""
+    path = job / ".hydra" / "overrides.yaml"
+    items = yaml.safe_load(path.read_text()) if path.is_file() else None
+    pairs = (str(item).split("=", 1) for item in items or [])
+    return {p[0]: p[1] if len(p) > 1 else "" for p in pairs}
+
+
+def _params_from_summary(job: Path) -> int | None:
+    path = job / "summary.txt"
+    match = re.search(r"Total params: ([\d,]+)", path.read_text()) if path.is_file() else None
+    return int(match.group(1).replace(",", "")) if match else None
+
+
+def job_row(job: Path) -> dict[str, Any]:
+    """One leaderboard row: status and metrics of a finished, failed or unfinished job."""
+    metrics_path = job / "metrics.csv"
+    history = read_metrics_csv(metrics_path) if metrics_path.is_file() else []
+    row: dict[str, Any] = {key: None for key in METRICS}
+    results_path, error_path = job / "results.json", job / ERROR_FILE
+    if results_path.is_file():
+        results = json.loads(results_path.read_text())
+        row.update({key: results.get(key) for key in METRICS})
+        row["status"], row["error"] = "ok", ""
+    else:
+        row["params"] = _params_from_summary(job)
+        if history:
+            row["best_val_loss"] = min(r["val_loss"] for r in history)
+            row["wall_seconds"] = sum(r["seconds"] for r in history)
+        row["epochs"] = len(history)
+        if error_path.is_file():
+            first = error_path.read_text().strip().splitlines()
+            row["status"], row["error"] = "failed", first[0] if first else "(no message)"
+        else:  # still running, or killed (resume it with `cnnbench train resume=JOB_DIR`)
+            row["status"], row["error"] = "unfinished", ""
+    row["history"] = history
+    return row
+
+
+def leaderboard(root: Path, sort: str = DEFAULT_SORT, desc: bool = False) -> tuple[list, list]:
+    """(columns, rows) for the jobs under `root`, sorted by `sort` (missing values last)."""
+    jobs = find_jobs(root)
+    if not jobs:
+        raise CnnbenchError(f"no runs under {root} (expected job dirs with {SAVED_CONFIG})")
+    overrides = {job: job_overrides(job) for job in jobs}
+    keys: list[str] = []
+    for found in overrides.values():
+        keys += [k for k in found if k not in keys]
+    varying = [k for k in keys if len({o.get(k) for o in overrides.values()}) > 1]
+    rows = []
+    for job in jobs:
+        row = {"job": str(job.relative_to(root)) or "."}
+        row.update({k: overrides[job].get(k, "") for k in varying})
+        row.update(job_row(job))
+        row["overrides"] = " ".join(f"{k}={v}" for k, v in overrides[job].items())
+        rows.append(row)
+    columns = ["job", *varying, *METRICS, "status", "error"]
+    if sort not in columns:
+        raise CnnbenchError(f"cannot sort by {sort!r}; valid keys: {', '.join(columns)}")
+
+    def missing(row: dict) -> bool:
+        return row[sort] in (None, "") or (isinstance(row[sort], float) and math.isnan(row[sort]))
+
+    def value(row: dict) -> tuple:
+        try:
+            return (0, float(row[sort]), "")
+        except (TypeError, ValueError):
+            return (1, 0.0, str(row[sort]))
+
+    present = sorted((r for r in rows if not missing(r)), key=value, reverse=desc)
+    return columns, present + [r for r in rows if missing(r)]
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if key == "params" and isinstance(value, int):
+        return f"{value:,}"
+    if key == "wall_seconds" and isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if key == "error" and len(str(value)) > 100:
+        return str(value)[:99] + "…"
+    return str(value)
+
+
+def to_markdown(columns: list[str], rows: list[dict], common: dict[str, str]) -> str:
+    lines = []
+    if common:
+        lines += ["common overrides: " + " ".join(f"`{k}={v}`" for k, v in common.items()), ""]
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    for row in rows:
+        cells = [_cell(c, row[c]).replace("|", "\\|") for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(columns: list[str], rows: list[dict]) -> str:
+    buf = io.StringIO()
+    fields = [*columns, "overrides"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row[k] is None else row[k] for k in fields})
+    return buf.getvalue()
+
+
+def report(root: Path, sort: str = DEFAULT_SORT, desc: bool = False) -> str:
+    """Write leaderboard.csv and curves.png into `root`; return the markdown table."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CnnbenchError(
+            f"{root}: no such directory (pass a multirun dir, e.g. multirun/DATE/TIME)"
+        )
+    columns, rows = leaderboard(root, sort, desc)
+    all_overrides = [job_overrides(root / r["job"]) for r in rows]
+    common = {
+        k: v for k, v in all_overrides[0].items() if all(o.get(k) == v for o in all_overrides)
+    }
+    varying = columns[1 : columns.index(METRICS[0])]
+    atomic_write_text(root / "leaderboard.csv", to_csv(columns, rows))
+    label = {r["job"]: " ".join([f"#{r['job']}", *(f"{k}={r[k]}" for k in varying)]) for r in rows}
+    write_sweep_curves(root / "curves.png", {label[r["job"]]: r["history"] for r in rows})
+    return to_markdown(columns, rows, common)
+
+
+def run_cli(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="cnnbench report",
+        description="Leaderboard of a sweep: markdown on stdout, leaderboard.csv and "
+        "curves.png in MULTIRUN_DIR.",
+    )
+    parser.add_argument("multirun_dir", type=Path, help="a multirun dir (multirun/DATE/TIME)")
+    parser.add_argument(
+        "--sort",
+        default=DEFAULT_SORT,
+        help=f"column to sort by (default {DEFAULT_SORT}; a metric or a swept key)",
+    )
+    parser.add_argument("--desc", action="store_true", help="sort descending (best accuracy first)")
+    opts = parser.parse_args(args)
+    with user_errors():
+        table = report(opts.multirun_dir, opts.sort, opts.desc)
+    print(table, end="")
+    where = opts.multirun_dir
+    print(f"wrote {where / 'leaderboard.csv'} and {where / 'curves.png'}", file=sys.stderr)

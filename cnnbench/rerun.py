@@ -1,0 +1,62 @@
+"""cnnbench rerun: train a saved run's config again, into a new run directory.
+
+    cnnbench rerun outputs/2026-11-23/12-00-00 [overrides...] [-m sweep overrides...]
+
+The run's `.hydra/config.yaml` holds the whole composed config, so it is re-executed as is
+(plus overrides) from any working directory and with any installed copy of cnnbench; the
+same seed on CPU reproduces the metrics. Output goes where `cnnbench train` would put it
+(outputs/DATE/TIME, or hydra.run.dir=PATH).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from .config import compose_checked
+from .errors import CnnbenchError, user_errors
+from .runs import PRIMARY_NAME, primary_from_saved, saved_config, split_override
+from .sweep import check_sweep, is_multirun, report_failures
+
+USAGE = """usage: cnnbench rerun RUN_DIR [overrides...]
+
+Re-executes RUN_DIR/.hydra/config.yaml (plus overrides, e.g. seed=1 epochs=5) into a new
+run dir: outputs/DATE/TIME, or hydra.run.dir=PATH. With -m the overrides sweep around it.
+To continue the same run instead, use: cnnbench train resume=RUN_DIR
+"""
+
+
+def hydra_args(run_dir: Path, overrides: list[str]) -> list[str]:
+    """Check `overrides` on the saved config; the arguments that make Hydra run it."""
+    resume, _ = split_override(overrides, "resume")
+    if resume is not None:
+        raise CnnbenchError(
+            "rerun starts a new run; to continue this one use `cnnbench train resume=RUN_DIR`"
+        )
+    saved_config(run_dir)  # a clear error when RUN_DIR is not a run
+    config_dir = str(
+        primary_from_saved(run_dir, clear=("resume",), anchor_paths=True, overrides=overrides)
+    )
+    if is_multirun(overrides):
+        check_sweep(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
+    elif not any(a.startswith("-") for a in overrides):
+        compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
+    return ["--config-dir", config_dir, "--config-name", PRIMARY_NAME, *overrides]
+
+
+def run_cli(args: list[str]) -> None:
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        raise SystemExit(0 if args else 2)
+    run_dir = Path(args[0]).expanduser().resolve()
+    with user_errors():
+        argv = hydra_args(run_dir, args[1:])
+    from . import train  # Hydra's entrypoint (imports torch and the recipe)
+
+    sys.argv = ["cnnbench rerun", *argv]
+    try:
+        train.main()
+    finally:
+        shutil.rmtree(argv[1], ignore_errors=True)  # the generated primary config
+    report_failures()
