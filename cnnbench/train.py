@@ -25,12 +25,12 @@ from torch import nn
 from .checkpoint import atomic_write_text, load_checkpoint, rng_state, save_checkpoint, unwrap
 from .config import check_values, compose_checked, register_configs
 from .data import TensorLoader, build_transforms, channel_stats, load_dataset
-from .device import autocast_for, grad_scaler_for, resolve_device, resolve_precision
+from .device import Workload, autocast_for, grad_scaler_for, resolve_device, resolve_precision
 from .engine import evaluate, train_one_epoch
 from .errors import user_errors
 from .metrics import write_json, write_metrics_csv
 from .models import check_input_size, count_params, create_model
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, is_per_step
 from .summary import summary_table
 
 log = logging.getLogger("cnnbench")
@@ -49,7 +49,6 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     check_values(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.device, device)
     seed_everything(cfg.seed)
 
     # ---- data: uint8 tensors in memory, normalized with the train split's statistics
@@ -74,11 +73,13 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     params = count_params(model)
     if cfg.device.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # auto: bf16 only where the hardware has it and (CPU) it measures faster on this model.
+    workload = Workload(cfg.model.name, input_size, cfg.batch_size, len(data.train) * cfg.epochs)
+    precision = resolve_precision(cfg.device, device, model, workload)
     net = torch.compile(model) if cfg.device.compile else model
 
     # ---- optimization
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_loss_fn = nn.CrossEntropyLoss()
     autocast = autocast_for(precision, device)
@@ -91,6 +92,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     )
     val_loader = TensorLoader(data.val, eval_bs, eval_tf, shuffle=False, **loader_args)
     test_loader = TensorLoader(data.test, eval_bs, eval_tf, shuffle=False, **loader_args)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, len(train_loader))
+    step_scheduler = scheduler if is_per_step(scheduler) else None  # onecycle: every batch
     log.info(
         f"training {cfg.model.name} ({params:,} params) on {device} ({precision.value}, "
         f"{torch.get_num_threads()} threads) for {cfg.epochs} epochs, batch {cfg.batch_size}"
@@ -114,13 +117,14 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             epoch=epoch,
             autocast=autocast,
             scaler=scaler,
+            step_scheduler=step_scheduler,
             log_interval=cfg.log_interval,
             progress=progress,
         )
         train_images += tr.images
         train_seconds += tr.seconds
         va = evaluate(net, val_loader, eval_loss_fn, autocast=autocast, progress=progress)
-        if scheduler is not None:
+        if scheduler is not None and step_scheduler is None:
             scheduler.step()
         rows.append(
             dict(

@@ -1,6 +1,6 @@
 """Model zoo: importing this package registers every family."""
 
-from . import alexnet, lenet  # noqa: F401  (registration side effects)
+from . import alexnet, fastnet, lenet  # noqa: F401  (registration side effects)
 from .registry import (
     ModelInfo,
     check_input_size,
