@@ -14,15 +14,29 @@ SCHEDULERS = ("none", "step", "cosine", "onecycle")
 PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR,)
 
 
+def fused_kwargs(params: list[torch.nn.Parameter]) -> dict:
+    """fused=True where torch has the one-kernel update (CPU and CUDA float tensors).
+
+    torch's default on CPU is a Python loop over the tensors; fused Adam is ~9x faster on
+    AlexNet-CIFAR's 58M parameters (262 -> 28 ms per step on one core here).
+    """
+    ok = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point and not p.is_sparse
+        for p in params
+    )
+    return {"fused": True} if ok else {}
+
+
 def build_optimizer(ocfg, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
+    fused = fused_kwargs(params)
     if ocfg.name == "adam":
         return torch.optim.Adam(
-            params, lr=ocfg.lr, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay
+            params, lr=ocfg.lr, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay, **fused
         )
     if ocfg.name == "adamw":
         return torch.optim.AdamW(
-            params, lr=ocfg.lr, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay
+            params, lr=ocfg.lr, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay, **fused
         )
     if ocfg.name == "sgd":
         return torch.optim.SGD(
@@ -31,6 +45,7 @@ def build_optimizer(ocfg, params: Iterable[torch.nn.Parameter]) -> torch.optim.O
             momentum=ocfg.momentum,
             nesterov=ocfg.nesterov,
             weight_decay=ocfg.weight_decay,
+            **fused,
         )
     raise CnnbenchError(
         f"unknown optimizer {ocfg.name!r}; valid optimizers: {', '.join(OPTIMIZERS)}"
