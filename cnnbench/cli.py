@@ -6,6 +6,7 @@ Each command lives in its own module exposing `run_cli(args: list[str]) -> None`
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Order is the order shown in --help.
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    # Before torch loads libgomp: its default busy-wait makes torch's CPU threads stall each
+    # other whenever other processes share the cores (README, Performance). Users may override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     module = importlib.import_module(COMMANDS[command][0])
     module.run_cli(rest)
 

@@ -93,6 +93,11 @@ class SchedulerConfig:
     step_size: int = 10  # step: epochs between decays
     gamma: float = 0.1  # step: decay factor
     min_lr: float = 0.0  # cosine: final learning rate
+    # onecycle (stepped per batch; its peak is optimizer.lr):
+    pct_start: float = 0.25  # fraction of the steps spent warming up
+    div_factor: float = 25.0  # starting lr = optimizer.lr / div_factor
+    final_div_factor: float = 1e4  # final lr = starting lr / final_div_factor
+    anneal: str = "cos"  # cos | linear
 
 
 @dataclass

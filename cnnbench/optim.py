@@ -9,18 +9,34 @@ import torch
 from .errors import CnnbenchError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "step", "cosine")
+SCHEDULERS = ("none", "step", "cosine", "onecycle")
+# Schedulers stepped after every optimizer step (train_one_epoch's step_scheduler), not per epoch.
+PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR,)
+
+
+def fused_kwargs(params: list[torch.nn.Parameter]) -> dict:
+    """fused=True where torch has the one-kernel update (CPU and CUDA float tensors).
+
+    torch's default on CPU is a Python loop over the tensors; fused Adam is ~9x faster on
+    AlexNet-CIFAR's 58M parameters (262 -> 28 ms per step on one core here).
+    """
+    ok = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point and not p.is_sparse
+        for p in params
+    )
+    return {"fused": True} if ok else {}
 
 
 def build_optimizer(ocfg, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
+    fused = fused_kwargs(params)
     if ocfg.name == "adam":
         return torch.optim.Adam(
-            params, lr=ocfg.lr, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay
+            params, lr=ocfg.lr, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay, **fused
         )
     if ocfg.name == "adamw":
         return torch.optim.AdamW(
-            params, lr=ocfg.lr, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay
+            params, lr=ocfg.lr, betas=tuple(ocfg.betas), weight_decay=ocfg.weight_decay, **fused
         )
     if ocfg.name == "sgd":
         return torch.optim.SGD(
@@ -29,6 +45,7 @@ def build_optimizer(ocfg, params: Iterable[torch.nn.Parameter]) -> torch.optim.O
             momentum=ocfg.momentum,
             nesterov=ocfg.nesterov,
             weight_decay=ocfg.weight_decay,
+            **fused,
         )
     raise CnnbenchError(
         f"unknown optimizer {ocfg.name!r}; valid optimizers: {', '.join(OPTIMIZERS)}"
@@ -36,9 +53,14 @@ def build_optimizer(ocfg, params: Iterable[torch.nn.Parameter]) -> torch.optim.O
 
 
 def build_scheduler(
-    scfg, optimizer: torch.optim.Optimizer, epochs: int
+    scfg, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int = 1
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """An epoch-level scheduler (stepped once per epoch), or None."""
+    """A learning-rate scheduler, or None; `is_per_step` says how often to step it.
+
+    onecycle (per step): warm up from optimizer.lr / div_factor to optimizer.lr over
+    pct_start of the run, then anneal to optimizer.lr / (div_factor * final_div_factor).
+    Momentum is left as the optimizer sets it.
+    """
     if scfg.name == "none":
         return None
     if scfg.name == "step":
@@ -49,6 +71,29 @@ def build_scheduler(
         return torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=epochs, eta_min=scfg.min_lr
         )
+    if scfg.name == "onecycle":
+        if scfg.anneal not in ("cos", "linear"):
+            raise CnnbenchError(f"scheduler.anneal must be cos or linear (got {scfg.anneal!r})")
+        if not 0.0 < scfg.pct_start < 1.0:
+            raise CnnbenchError(f"scheduler.pct_start must be in (0, 1) (got {scfg.pct_start})")
+        total = max(1, epochs * steps_per_epoch)
+        # Keep pct_start * total >= 2: torch divides by zero when it is exactly 1 (tiny runs).
+        pct_start = min(0.99, max(scfg.pct_start, 2 / total))
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=total,
+            pct_start=pct_start,
+            anneal_strategy=scfg.anneal,
+            div_factor=scfg.div_factor,
+            final_div_factor=scfg.final_div_factor,
+            cycle_momentum=False,
+        )
     raise CnnbenchError(
         f"unknown scheduler {scfg.name!r}; valid schedulers: {', '.join(SCHEDULERS)}"
     )
+
+
+def is_per_step(scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> bool:
+    """True for schedulers stepped after every batch (onecycle), False for per-epoch ones."""
+    return isinstance(scheduler, PER_STEP_SCHEDULERS)

@@ -34,13 +34,13 @@ from .checkpoint import (
 )
 from .config import check_values, compose_checked, register_configs
 from .data import TensorLoader, build_transforms, load_dataset
-from .device import autocast_for, grad_scaler_for, resolve_device, resolve_precision
+from .device import Workload, autocast_for, grad_scaler_for, resolve_device, resolve_precision
 from .engine import evaluate, train_one_epoch
 from .errors import CnnbenchError, out_of_memory_hint, user_errors
 from .loggers import open_logger
 from .metrics import write_json, write_metrics_csv
 from .models import apply_weights, check_input_size, count_params, create_model
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, is_per_step
 from .plots import refresh_curves
 from .runs import (
     PRIMARY_NAME,
@@ -72,7 +72,6 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     check_values(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.device, device)
     seed_everything(cfg.seed)
 
     # ---- data: uint8 tensors (in memory, or streamed from a big folder), normalized with the
@@ -102,11 +101,13 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     params = count_params(model)
     if cfg.device.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # auto: bf16 only where the hardware has it and (CPU) it measures faster on this model.
+    workload = Workload(cfg.model.name, input_size, cfg.batch_size, len(data.train) * cfg.epochs)
+    precision = resolve_precision(cfg.device, device, model, workload)
     net = torch.compile(model) if cfg.device.compile else model
 
     # ---- optimization
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_loss_fn = nn.CrossEntropyLoss()
     autocast = autocast_for(precision, device)
@@ -119,6 +120,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     )
     val_loader = TensorLoader(data.val, eval_bs, eval_tf, shuffle=False, **loader_args)
     test_loader = TensorLoader(data.test, eval_bs, eval_tf, shuffle=False, **loader_args)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, len(train_loader))
+    step_scheduler = scheduler if is_per_step(scheduler) else None  # onecycle: every batch
     log.info(
         f"training {cfg.model.name} ({params:,} params) on {device} ({precision.value}, "
         f"{torch.get_num_threads()} threads) for {cfg.epochs} epochs, batch {cfg.batch_size}"
@@ -176,6 +179,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             epoch=epoch,
             autocast=autocast,
             scaler=scaler,
+            step_scheduler=step_scheduler,
             log_interval=cfg.log_interval,
             progress=progress,
             stop=interrupt.requested,
@@ -188,7 +192,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         train_images += tr.images
         train_seconds += tr.seconds
         va = evaluate(net, val_loader, eval_loss_fn, autocast=autocast, progress=progress)
-        if scheduler is not None:
+        if scheduler is not None and step_scheduler is None:
             scheduler.step()
         rows.append(
             dict(

@@ -15,7 +15,7 @@ from .registry import (
 from .weights import apply_weights
 
 # Registration order is the order `cnnbench models` lists them in.
-FAMILIES = ("lenet", "alexnet", "vgg", "resnet")
+FAMILIES = ("lenet", "alexnet", "vgg", "resnet", "fastnet")
 for _family in FAMILIES:
     import_module(f".{_family}", __name__)
 
