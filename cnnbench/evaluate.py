@@ -23,7 +23,6 @@ from .data import (
     DataSplits,
     TensorLoader,
     build_transforms,
-    channel_stats,
     load_dataset,
 )
 from .device import autocast_for, resolve_device, resolve_precision
@@ -70,9 +69,10 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> nn.Modu
 
 def rebuild_data(cfg: Any) -> tuple[DataSplits, BatchTransform]:
     """The splits and the eval transform exactly as train.py builds them from `cfg`."""
-    data = load_dataset(cfg.dataset)
-    stats = channel_stats(data.train.images)
-    _, eval_tf = build_transforms(cfg.transforms, stats, data.input_size[0])
+    data = load_dataset(
+        cfg.dataset, cfg.transforms, num_workers=cfg.num_workers, progress=cfg.progress
+    )
+    _, eval_tf = build_transforms(cfg.transforms, data.train_stats, data.input_size[0])
     return data, eval_tf
 
 
