@@ -15,10 +15,10 @@ CASES = {
     "wrong type": (["epochs=abc"], "bad value for 'epochs': Value 'abc' of type 'str'"),
     "unknown model option": (
         ["model=alexnett"],
-        "unknown model option 'alexnett'; valid model options: alexnet_cifar, lenet5",
+        "unknown model option 'alexnett'; valid model options: alexnet_cifar, fastnet, lenet5",
     ),
     "unknown optimizer": (["optimizer=adamm"], "valid optimizer options: adam, adamw, sgd"),
-    "unknown model name": (["model.name=foo"], "unknown model 'foo'; valid models: alexnet_cifar, lenet5"),
+    "unknown model name": (["model.name=foo"], "unknown model 'foo'; valid models: alexnet_cifar, fastnet, lenet5"),
     "unknown top-level key": (["epoch=3"], "valid keys at the top level: model, dataset,"),
     "added unknown key": (["+optimizer.lrr=3"], "unknown config key(s) optimizer.lrr"),
     "bad enum": (["device.precision=bf17"], "expected one of [auto, fp32, bf16, fp16]"),

@@ -267,7 +267,7 @@ def test_compiled_channels_last_model_trains_and_saves_plain_keys(tmp_path):
 @pytest.mark.skipif(
     os.environ.get("CNNBENCH_SLOW_TESTS") != "1",
     reason="inductor compiles train, eval and the last partial batch in C++: 1-3 min on this "
-    "2-core CPU; set CNNBENCH_SLOW_TESTS=1 to run",
+    "2-core CPU with a cold inductor cache (~17 s warm); set CNNBENCH_SLOW_TESTS=1 to run",
 )
 def test_cli_compile_and_channels_last_write_loadable_checkpoints(cli, tmp_path):
     cli("train", *TINY, "epochs=1", "device.compile=true", "device.channels_last=true",
@@ -334,3 +334,17 @@ def test_bench_script_prints_both_throughputs_and_their_ratio(image_folder, tmp_
     assert record["peak_gflops_fp32"] > 0
     assert record["train_flops_per_image"] > 1e6  # LeNet-5 on 3x32x32: ~3 MFLOP fwd+bwd
     assert "decoded 36 images" in proc.stderr  # decoded once, cached under CNNBENCH_CACHE
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizers_use_torchs_fused_update_on_cpu(name):
+    from cnnbench.config import OptimizerConfig
+    from cnnbench.optim import build_optimizer
+
+    model = create_model("lenet5")
+    opt = build_optimizer(OptimizerConfig(name=name, lr=0.01), model.parameters())
+    assert opt.defaults["fused"] is True
+    model(torch.randn(4, 1, 32, 32)).sum().backward()
+    before = model.features[0].weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.features[0].weight)
