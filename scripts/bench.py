@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -30,7 +31,10 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
+# As the cnnbench CLI does, before torch loads libgomp (both sides of a comparison get it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 from imagecache import find_split, load_image_folder  # also puts the checkout on sys.path
 from torch import nn
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import time
 
-import torch
+# As the cnnbench CLI does, before torch loads libgomp (both sides of a comparison get it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 from imagecache import REPO  # noqa: F401  (puts the checkout on sys.path)
 from torch import nn
 

@@ -48,6 +48,7 @@ PARAMS = {
     "vgg19": 143_667_240,
     "vgg19_bn": 143_678_248,
     "resnet18": 11_689_512,
+    "fastnet": 295_480,  # cnnbench's fast recipe (not in SPEC.md)
 }
 NATIVE = {
     "lenet5": ((1, 32, 32), 10),
@@ -59,9 +60,17 @@ NATIVE = {
     "small_alexnet": ((3, 32, 32), 10),
     **{name: ((3, 224, 224), 1000) for name in PARAMS if name.startswith("vgg")},
     "resnet18": ((3, 224, 224), 1000),
+    "fastnet": ((3, 32, 32), 10),
 }
 TORCHVISION = ["alexnet", *(n for n in PARAMS if n.startswith("vgg")), "resnet18"]
-REAL_FORWARD = {"lenet5", "lenet_224", "alexnet_cifar", "small_alexnet", "alexnet_original"}
+REAL_FORWARD = {
+    "lenet5",
+    "lenet_224",
+    "alexnet_cifar",
+    "small_alexnet",
+    "alexnet_original",
+    "fastnet",
+}
 ALEXNET_HEAD = [nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Linear]
 FAKE = [
     "dataset=fake",

@@ -18,12 +18,13 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, TINY, read_json
+from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
 from cnnbench import device as dev
 from cnnbench.checkpoint import load_checkpoint, save_checkpoint, unwrap
-from cnnbench.config import Precision
+from cnnbench.config import Precision, TransformsConfig
 from cnnbench.data import ImageTensors, TensorLoader, build_transforms
 from cnnbench.device import PrecisionProbe, Workload, resolve_precision
 from cnnbench.engine import evaluate, train_one_epoch
@@ -235,15 +236,8 @@ def test_compiled_channels_last_model_trains_and_saves_plain_keys(tmp_path):
     model = create_model("lenet5", 3, 3).to(memory_format=torch.channels_last)
     net = torch.compile(model, backend="eager")
     tf, eval_tf = build_transforms(
-        SimpleNamespace(
-            name="t",
-            resize=None,
-            crop=None,
-            crop_padding=2,
-            hflip=True,
-            normalize="none",
-            mean=[0.5],
-            std=[0.25],
+        OmegaConf.structured(
+            TransformsConfig(name="t", crop_padding=2, hflip=True, mean=[0.5], std=[0.25])
         ),
         ([0.5] * 3, [0.25] * 3),
         3,
@@ -267,7 +261,7 @@ def test_compiled_channels_last_model_trains_and_saves_plain_keys(tmp_path):
 @pytest.mark.skipif(
     os.environ.get("CNNBENCH_SLOW_TESTS") != "1",
     reason="inductor compiles train, eval and the last partial batch in C++: 1-3 min on this "
-    "2-core CPU; set CNNBENCH_SLOW_TESTS=1 to run",
+    "2-core CPU with a cold inductor cache (~17 s warm); set CNNBENCH_SLOW_TESTS=1 to run",
 )
 def test_cli_compile_and_channels_last_write_loadable_checkpoints(cli, tmp_path):
     cli("train", *TINY, "epochs=1", "device.compile=true", "device.channels_last=true",
@@ -334,3 +328,17 @@ def test_bench_script_prints_both_throughputs_and_their_ratio(image_folder, tmp_
     assert record["peak_gflops_fp32"] > 0
     assert record["train_flops_per_image"] > 1e6  # LeNet-5 on 3x32x32: ~3 MFLOP fwd+bwd
     assert "decoded 36 images" in proc.stderr  # decoded once, cached under CNNBENCH_CACHE
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizers_use_torchs_fused_update_on_cpu(name):
+    from cnnbench.config import OptimizerConfig
+    from cnnbench.optim import build_optimizer
+
+    model = create_model("lenet5")
+    opt = build_optimizer(OptimizerConfig(name=name, lr=0.01), model.parameters())
+    assert opt.defaults["fused"] is True
+    model(torch.randn(4, 1, 32, 32)).sum().backward()
+    before = model.features[0].weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.features[0].weight)

@@ -137,9 +137,9 @@ def test_runs_go_to_dated_output_dirs_of_the_working_directory(cli, tmp_path):
 def test_help_lists_groups_and_options(cli):
     out = cli("train", "--help").stdout
     for line in [
-        "model: alexnet, alexnet_512, alexnet_cifar, alexnet_original, lenet5, lenet_224,",
+        "model: alexnet, alexnet_512, alexnet_cifar, alexnet_original, fastnet, lenet5, lenet_224,",
         "optimizer: adam, adamw, sgd",
         "device: auto, cpu, cuda",
     ]:
         assert line in out
-    assert "scheduler: cosine, none, step" in out
+    assert "scheduler: cosine, none, onecycle, step" in out
