@@ -124,3 +124,14 @@ def test_nan_guard_message():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
     with pytest.raises(CnnbenchError, match=r"loss became nan at epoch 2, step 7 \(lr 0.5\)"):
         _check_finite(math.nan, 2, 7, opt)
+
+
+def test_training_epochs_drop_a_trailing_batch_of_one():
+    """BatchNorm cannot train on one sample: a shuffled epoch of 9 in batches of 4 yields 8."""
+    data = ImageTensors(torch.zeros(9, 1, 2, 2, dtype=torch.uint8), torch.arange(9))
+    tf = BatchTransform(train=True, mean=[0.0], std=[1.0])
+    train = TensorLoader(data, 4, tf, torch.device("cpu"), shuffle=True)
+    sizes = [y.shape[0] for _, y in train]
+    assert sizes == [4, 4] and len(train) == 2
+    evaluation = TensorLoader(data, 4, tf, torch.device("cpu"), shuffle=False)
+    assert [y.shape[0] for _, y in evaluation] == [4, 4, 1] and len(evaluation) == 3

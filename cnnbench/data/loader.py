@@ -55,8 +55,14 @@ class TensorLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _epoch_size(self) -> int:
+        """Samples per epoch: a shuffled (training) epoch drops a trailing batch of one
+        sample, which BatchNorm cannot normalize; evaluation always sees every sample."""
+        n = len(self.labels)
+        return n - 1 if self.shuffle and n > 1 and n % self.batch_size == 1 else n
+
     def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+        return (self._epoch_size() + self.batch_size - 1) // self.batch_size
 
     @property
     def num_samples(self) -> int:
@@ -68,7 +74,7 @@ class TensorLoader:
         if self.stream is not None:
             yield from self.stream.batches(order)
             return
-        n = len(self.labels)
+        n = len(self.labels) if order is None else len(order)
         for start in range(0, n, self.batch_size):
             if order is None:
                 yield (
@@ -82,7 +88,7 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.labels)
-        order = torch.randperm(n, generator=gen) if self.shuffle else None
+        order = torch.randperm(n, generator=gen)[: self._epoch_size()] if self.shuffle else None
         for x, y in self._uint8_batches(order):
             x = self.transform(x.to(self.device, non_blocking=True), gen)
             yield (
@@ -119,10 +125,10 @@ class _OrderSampler(Sampler[list[int]]):
         self.order: list[int] = list(range(n))
 
     def __len__(self) -> int:
-        return (self.n + self.batch_size - 1) // self.batch_size
+        return (len(self.order) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        for start in range(0, self.n, self.batch_size):
+        for start in range(0, len(self.order), self.batch_size):
             yield self.order[start : start + self.batch_size]
 
 
