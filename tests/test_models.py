@@ -410,3 +410,25 @@ def test_train_fine_tunes_only_the_head_from_a_torchvision_file(cli, tmp_path, t
     frozen = [k for k in file_state if not k.startswith("fc.")]
     assert all(torch.equal(best[k], file_state[k]) for k in frozen if "num_batches" not in k)
     assert best["fc.weight"].shape == (10, 512)
+
+
+def test_lenet5_pool_before_relu_equals_relu_before_pool():
+    """LeNet-5 pools before its ReLUs (cheaper); outputs and gradients match the textbook order."""
+    torch.manual_seed(0)
+    model = create_model("lenet5", 10, 3)
+    f = model.features
+    textbook = torch.nn.Sequential(
+        f[0], torch.nn.ReLU(), f[1], f[3], torch.nn.ReLU(), f[4], model.classifier
+    )
+    x = torch.randn(8, 3, 32, 32)
+    ours = model(x)
+    ours.square().sum().backward()
+    ours_grad = f[0].weight.grad.clone()
+    f[0].weight.grad = None
+    theirs = textbook(x)
+    theirs.square().sum().backward()
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert torch.allclose(ours_grad, f[0].weight.grad, atol=1e-5)
+    assert [type(m).__name__ for m in f] == [
+        "Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU"
+    ]  # fmt: skip

@@ -83,7 +83,8 @@ class TensorLoader:
                 )
             else:
                 idx = order[start : start + self.batch_size].to(self.images.device)
-                yield self.images[idx], self.labels[idx]
+                # index_select: ~10x faster than images[idx] (advanced indexing) on CPU
+                yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
