@@ -85,7 +85,10 @@ def cuda_has_native_bf16() -> bool:
 
 
 def resolve_device(dcfg) -> torch.device:
-    """cpu, cuda or auto (cuda when available); sets CPU threads to the cores."""
+    """cpu, cuda or auto (cuda when available); sets CPU threads to the cores.
+
+    Under torchrun each process takes its LOCAL_RANK's GPU and its share of the cores.
+    """
     name = dcfg.name
     if name == DeviceName.cuda and not torch.cuda.is_available():
         raise CnnbenchError(
@@ -94,7 +97,13 @@ def resolve_device(dcfg) -> torch.device:
         )
     if name == DeviceName.auto:
         name = DeviceName.cuda if torch.cuda.is_available() else DeviceName.cpu
-    torch.set_num_threads(dcfg.threads or cpu_count())
+    from .distributed import current
+
+    ddp = current()
+    # torchrun's processes on one machine share its cores.
+    torch.set_num_threads(dcfg.threads or max(1, cpu_count() // ddp.local_world_size))
+    if name == DeviceName.cuda and ddp.enabled:
+        return torch.device("cuda", ddp.local_rank % torch.cuda.device_count())
     return torch.device(name.value)
 
 

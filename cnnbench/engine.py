@@ -7,6 +7,9 @@ train_one_epoch can stop after any step (`stop()` true, e.g. on Ctrl-C) and retu
 partial state (`EpochResult.partial`); given that state back as `resume_from` it skips the
 steps already done (the loader replays the same batches) and continues, so the epoch ends
 exactly as an uninterrupted one would.
+
+Under DDP (`dist` given) each rank runs on its shard; the sums behind the returned metrics
+are reduced over all ranks, so every rank returns the same, whole-epoch figures.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from .errors import CnnbenchError
+
+if TYPE_CHECKING:
+    from .distributed import Distributed
 
 
 @dataclass
@@ -79,22 +85,27 @@ def train_one_epoch(
     progress: bool = True,
     stop: Callable[[], bool] | None = None,
     resume_from: dict[str, Any] | None = None,
+    dist: Distributed | None = None,
 ) -> EpochResult:
     """One pass over `loader`; returns mean loss and top-1 accuracy of the seen batches.
 
-    `stop` is polled after every step (a Python flag, no sync); when it turns true the
-    epoch ends there and the result's `partial` holds what `resume_from` needs later.
+    `stop` is polled after every step (a Python flag, no sync; under DDP every
+    `log_interval` steps, agreed by all ranks); when it turns true the epoch ends there and
+    the result's `partial` holds what `resume_from` needs later.
     """
     model.train()
     device = next(model.parameters()).device
+    world = dist.world_size if dist is not None else 1
+    lead = dist is None or dist.is_main  # holds the sums of a resumed epoch
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = skip = skipped = 0
+    seen = skip = skipped = seen_before = 0
     if resume_from is not None:  # stopped mid-epoch before: start from its accumulators
-        skip, seen = resume_from["step"], resume_from["seen"]
-        loss_sum += resume_from["loss_sum"].to(device)
-        correct += resume_from["correct"].to(device)
-    seen_before = seen
+        skip, seen_before = resume_from["step"], resume_from["seen"]
+        if lead:
+            seen = seen_before
+            loss_sum += resume_from["loss_sum"].to(device)
+            correct += resume_from["correct"].to(device)
     bar = _progress(loader, "[Training]", progress)
     bar.update(skip)
     synced_step = skip
@@ -103,7 +114,7 @@ def train_one_epoch(
         if step <= skip:  # done before the interruption: replay the batch, don't train on it
             skipped += y.shape[0]
             if step == skip:
-                _check_replay(skip, skipped, seen)
+                _check_replay(skip, skipped * world, seen_before)
             continue
         with autocast or nullcontext():
             logits = model(x)
@@ -123,28 +134,50 @@ def train_one_epoch(
         correct += (logits.detach().argmax(1) == y).sum()
         seen += n
         if step % log_interval == 0:  # the only host sync inside the loop
-            mean_loss = loss_sum.item() / seen
+            mean_loss = loss_sum.item() / max(seen, 1)
             _check_finite(mean_loss, epoch, step, optimizer)
             if not bar.disable:
                 bar.set_postfix_str(
-                    f"loss: {mean_loss:.4f}, accuracy: {correct.item() / seen:.4f}", refresh=False
+                    f"loss: {mean_loss:.4f}, accuracy: {correct.item() / max(seen, 1):.4f}",
+                    refresh=False,
                 )
                 bar.update(step - synced_step)
             synced_step = step
-        if stop is not None and stop():
-            partial = dict(step=step, loss_sum=loss_sum.cpu(), correct=correct.cpu(), seen=seen)
-            _check_finite(loss_sum.item() / seen, epoch, step, optimizer)
+        if stop is not None and _stop_now(stop, dist, step, log_interval):
+            loss_sum, correct, total = _reduce(dist, loss_sum, correct, seen)
+            partial = dict(
+                step=step, loss_sum=loss_sum.cpu(), correct=correct.cpu(), seen=total, world=world
+            )
+            _check_finite(loss_sum.item() / total, epoch, step, optimizer)
             bar.close()
             seconds = time.perf_counter() - start
-            return EpochResult(math.nan, math.nan, math.nan, seen - seen_before, seconds, partial)
+            return EpochResult(math.nan, math.nan, math.nan, total - seen_before, seconds, partial)
     if skip > len(loader):  # type: ignore[arg-type]
-        _check_replay(skip, skipped, seen)
+        _check_replay(skip, skipped * world, seen_before)
+    loss_sum, correct, seen = _reduce(dist, loss_sum, correct, seen)
     mean_loss = loss_sum.item() / max(seen, 1)
     seconds = time.perf_counter() - start
     _check_finite(mean_loss, epoch, synced_step, optimizer)
     bar.close()
     top1 = correct.item() / max(seen, 1)
     return EpochResult(mean_loss, top1, float("nan"), seen - seen_before, seconds)
+
+
+def _stop_now(stop: Callable[[], bool], dist: Distributed | None, step: int, every: int) -> bool:
+    """stop() after this step? Ranks agree every `every` steps (all of them stop together)."""
+    if dist is None or not dist.enabled:
+        return stop()
+    return step % every == 0 and dist.any(stop())
+
+
+def _reduce(
+    dist: Distributed | None, total: torch.Tensor, hits: torch.Tensor, seen: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(loss sum, hit count, samples) summed over the ranks of a DDP run."""
+    if dist is None or not dist.enabled:
+        return total, hits, seen
+    total, hits, count = dist.all_sum(total, hits, torch.tensor(seen, device=total.device))
+    return total, hits, int(count.item())
 
 
 @torch.no_grad()
@@ -156,8 +189,12 @@ def evaluate(
     autocast: AbstractContextManager | None = None,
     progress: bool = True,
     desc: str = "[Validation]",
+    dist: Distributed | None = None,
 ) -> EpochResult:
-    """Mean loss, top-1 and top-5 accuracy over `loader` (top-k uses k = min(k, classes))."""
+    """Mean loss, top-1 and top-5 accuracy over `loader` (top-k uses k = min(k, classes)).
+
+    Under DDP each rank evaluates its part of the split and the sums are reduced.
+    """
     model.eval()
     device = next(model.parameters()).device
     loss_fn = loss_fn or nn.CrossEntropyLoss()
@@ -179,6 +216,11 @@ def evaluate(
         seen += y.shape[0]
         bar.update(1)
     bar.close()
+    if dist is not None and dist.enabled:
+        loss_sum, top1, top5, count = dist.all_sum(
+            loss_sum, top1, top5, torch.tensor(seen, device=device)
+        )
+        seen = int(count.item())
     seen = max(seen, 1)
     return EpochResult(
         loss_sum.item() / seen,

@@ -33,6 +33,7 @@ class _State:
     installed = False
     armed = False
     signum: int | None = None  # the first signal received, once one arrived
+    quiet = False  # DDP ranks > 0: rank 0 does the talking
 
 
 _state = _State()
@@ -40,6 +41,8 @@ _state = _State()
 
 def _say(text: str) -> None:
     # os.write, not print: a handler may run while the main thread is inside print().
+    if _state.quiet:
+        return
     with suppress(OSError):
         os.write(2, f"\n{text}\n".encode())
 
@@ -78,6 +81,12 @@ def graceful_stop() -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _state.installed, _state.armed, _state.signum = False, False, None
+        _state.quiet = False
+
+
+def set_quiet(quiet: bool = True) -> None:
+    """Say nothing on signals and on exit (the other processes of a DDP run)."""
+    _state.quiet = quiet
 
 
 def arm() -> None:
@@ -102,6 +111,8 @@ def exit_for_resume(run_dir: Path, where: str) -> NoReturn:
     """After last.pt was saved: say where the run stopped and how to resume it, then exit."""
     signum = _state.signum or signal.SIGINT
     name = signal.Signals(signum).name
+    if _state.quiet:
+        raise SystemExit(128 + signum)
     log.warning(f"stopped by {name} {where}; last.pt saved. Resume with:")
     log.warning(f"  {resume_command(run_dir)}")
     raise SystemExit(128 + signum)

@@ -207,6 +207,11 @@ def remember_saved_config(run_dir: Path) -> None:
     )
 
 
+def forget_saved_config() -> None:
+    """Drop what `remember_saved_config` kept (DDP ranks > 0 leave the run dir to rank 0)."""
+    _resumed.clear()
+
+
 @contextmanager
 def saved_config_guard() -> Iterator[None]:
     """Restore a resumed run's saved config when the run fails before saving last.pt again."""

@@ -37,6 +37,8 @@ class TensorLoader:
         shuffle: bool,
         seed: int = 0,
         channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         pin = device.type == "cuda"
         self.stream = _FileBatches(data, batch_size, pin) if isinstance(data, ImageFiles) else None
@@ -51,14 +53,25 @@ class TensorLoader:
         self.seed = seed
         self.epoch = 0
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _shard_size(self) -> int:
+        """Samples this rank owns: DDP training pads every rank's shard to the same size
+        (DistributedSampler's wrap-around), evaluation splits the samples without padding."""
+        n = len(self.labels)
+        if self.shuffle:
+            return (n + self.world_size - 1) // self.world_size
+        return len(range(self.rank, n, self.world_size))
+
     def _epoch_size(self) -> int:
         """Samples per epoch: a shuffled (training) epoch drops a trailing batch of one
         sample, which BatchNorm cannot normalize; evaluation always sees every sample."""
-        n = len(self.labels)
+        n = self._shard_size()
         return n - 1 if self.shuffle and n > 1 and n % self.batch_size == 1 else n
 
     def __len__(self) -> int:
@@ -67,6 +80,24 @@ class TensorLoader:
     @property
     def num_samples(self) -> int:
         return int(len(self.labels))
+
+    def _order(self, gen: torch.Generator) -> torch.Tensor | None:
+        """This epoch's sample order for this rank (None: all samples in order).
+
+        The permutation depends on (seed, epoch) only, so every rank draws the same one and
+        takes every world_size-th sample of it, padded by wrapping around (DistributedSampler).
+        """
+        n = len(self.labels)
+        if not self.shuffle:
+            return None if self.world_size == 1 else torch.arange(self.rank, n, self.world_size)
+        order = torch.randperm(n, generator=gen)
+        if self.world_size > 1:
+            total = self._shard_size() * self.world_size
+            order = order.repeat(-(-total // n))[:total]
+            order = order[self.rank :: self.world_size]
+            # Augmentations differ between ranks, still a function of (seed, epoch, rank).
+            gen.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_009 + self.rank + 1)
+        return order[: self._epoch_size()]
 
     def _uint8_batches(
         self, order: torch.Tensor | None
@@ -88,9 +119,7 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        n = len(self.labels)
-        order = torch.randperm(n, generator=gen)[: self._epoch_size()] if self.shuffle else None
-        for x, y in self._uint8_batches(order):
+        for x, y in self._uint8_batches(self._order(gen)):
             x = self.transform(x.to(self.device, non_blocking=True), gen)
             yield (
                 x.contiguous(memory_format=self.memory_format),
