@@ -84,10 +84,11 @@ def cuda_has_native_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
-def resolve_device(dcfg) -> torch.device:
+def resolve_device(dcfg, jobs: int = 1) -> torch.device:
     """cpu, cuda or auto (cuda when available); sets CPU threads to the cores.
 
-    Under torchrun each process takes its LOCAL_RANK's GPU and its share of the cores.
+    Under torchrun each process takes its LOCAL_RANK's GPU and its share of the cores; so
+    does each of `jobs` sweep jobs running at once on this machine (hydra/launcher=joblib).
     """
     name = dcfg.name
     if name == DeviceName.cuda and not torch.cuda.is_available():
@@ -101,7 +102,8 @@ def resolve_device(dcfg) -> torch.device:
 
     ddp = current()
     # torchrun's processes on one machine share its cores.
-    torch.set_num_threads(dcfg.threads or max(1, cpu_count() // ddp.local_world_size))
+    sharing = ddp.local_world_size * max(1, jobs)
+    torch.set_num_threads(dcfg.threads or max(1, cpu_count() // sharing))
     if name == DeviceName.cuda and ddp.enabled:
         return torch.device("cuda", ddp.local_rank % torch.cuda.device_count())
     return torch.device(name.value)

@@ -17,7 +17,7 @@ from pathlib import Path
 from .config import compose_checked
 from .errors import CnnbenchError, user_errors
 from .runs import PRIMARY_NAME, primary_from_saved, saved_config, split_override
-from .sweep import check_sweep, is_multirun, report_failures
+from .sweep import check_sweep, fix_sweep_dir, is_multirun, report_failures
 
 USAGE = """usage: cnnbench rerun RUN_DIR [overrides...]
 
@@ -40,6 +40,7 @@ def hydra_args(run_dir: Path, overrides: list[str]) -> list[str]:
     )
     if is_multirun(overrides):
         check_sweep(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
+        overrides = fix_sweep_dir(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
     elif not any(a.startswith("-") for a in overrides):
         compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
     return ["--config-dir", config_dir, "--config-name", PRIMARY_NAME, *overrides]

@@ -1,15 +1,19 @@
 """Sweeps (`cnnbench train -m ...`): check the swept values up front, survive failing jobs.
 
-Hydra's basic launcher runs the jobs one after another in this process. A job that fails is
-recorded in its directory (`error.txt`) and on screen, and the sweep goes on; a typo in a
-swept value stops the sweep before the first job.
+Hydra's basic launcher runs the jobs one after another in this process; `hydra/launcher=joblib`
+runs them in parallel worker processes, `hydra/launcher=slurm` as SLURM jobs. A job that fails
+is recorded in its directory (`error.txt`) and on screen, and the sweep goes on; a typo in a
+swept value stops the sweep before the first job. The sweep directory is fixed before launch,
+so the failed jobs are found there afterwards whichever launcher ran them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,16 +34,31 @@ def is_multirun(args: list[str]) -> bool:
     return any(a in MULTIRUN_FLAGS for a in args)
 
 
-def _optuna_missing(overrides: list[str]) -> bool:
-    """True when a sweeper other than basic is asked for and the Optuna plugin is absent."""
-    sweepers = [a.split("=", 1)[1].strip() for a in overrides if a.startswith("hydra/sweeper=")]
-    if not any(name != "basic" for name in sweepers):
-        return False
-    try:
-        import hydra_plugins.hydra_optuna_sweeper  # noqa: F401
-    except ImportError:
-        return True
-    return False
+# (group, option) -> (plugin module, pip extra); None matches every option but "basic".
+PLUGINS: dict[tuple[str, str | None], tuple[str, str]] = {
+    ("hydra/sweeper", None): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    ("hydra/launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+}
+
+
+def check_plugins(args: list[str]) -> None:
+    """One clear error when a sweeper or launcher is picked whose Hydra plugin is absent."""
+    import importlib.util
+
+    for arg in args:
+        group, _, option = arg.partition("=")
+        option = option.strip()
+        if not option or option == "basic":
+            continue
+        plugin = PLUGINS.get((group, option)) or PLUGINS.get((group, None))
+        if plugin and importlib.util.find_spec(plugin[0]) is None:
+            raise CnnbenchError(
+                f"{arg} needs a Hydra plugin that is not installed: "
+                f"pip install 'cnnbench[{plugin[1]}]'"
+            )
 
 
 def check_sweep(args: list[str], config_name: str = "train", config_dir: str | None = None) -> None:
@@ -56,11 +75,7 @@ def check_sweep(args: list[str], config_name: str = "train", config_dir: str | N
     overrides = [a for a in args if a not in MULTIRUN_FLAGS]
     if any(a.startswith("-") for a in overrides):
         return
-    if _optuna_missing(overrides):
-        raise CnnbenchError(
-            "the Optuna sweeper (hydra/sweeper=optuna or lr_search) is not installed: "
-            "pip install 'cnnbench[optuna]' (hydra-optuna-sweeper)"
-        )
+    check_plugins(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
@@ -97,14 +112,66 @@ def check_sweep(args: list[str], config_name: str = "train", config_dir: str | N
 
 @dataclass
 class SweepLedger:
-    """Outcome of the jobs this process ran (Hydra's basic launcher runs them in-process)."""
+    """The sweep this process launched: where its jobs write, and since when."""
 
     sweep_dir: Path | None = None
-    done: int = 0
-    failed: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
 
 
 ledger = SweepLedger()
+
+
+def fix_sweep_dir(args: list[str], config_name: str = "train", config_dir: str | None = None):
+    """`args` plus hydra.sweep.dir=DIR, resolved now (its ${now:...} included), and remembered.
+
+    Jobs run by a launcher in other processes or on other machines then write where this
+    process will look for their error.txt files (report_failures).
+    """
+    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .runs import quote, split_override
+
+    ledger.started = time.time()
+    given, _ = split_override(args, "hydra.sweep.dir")
+    if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
+        return args  # --cfg, --help, ...: Hydra prints and launches nothing
+    if given:
+        ledger.sweep_dir = Path(given).expanduser()
+        return args
+    # Only the plain (not swept) overrides can be composed; the sweep dir depends on no other.
+    plain = [
+        o.input_line
+        for o in OverridesParser.create().parse_overrides(
+            [a for a in args if a not in MULTIRUN_FLAGS]
+        )
+        if not o.is_sweep_override()
+    ]
+    init = (
+        initialize_config_dir(config_dir, version_base=None)
+        if config_dir
+        else initialize_config_module("cnnbench.configs", version_base=None)
+    )
+    with init:
+        hydra_cfg = compose(config_name, overrides=plain, return_hydra_config=True).hydra
+        ledger.sweep_dir = Path(str(hydra_cfg.sweep.dir))
+    return [*args, f"hydra.sweep.dir={quote(str(ledger.sweep_dir))}"]
+
+
+def parallel_jobs() -> int:
+    """How many jobs of the running sweep share this machine at once (joblib's n_jobs)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .device import cpu_count
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return 1
+    launcher = HydraConfig.get().launcher
+    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        return 1
+    n = int(launcher.get("n_jobs") or 1)
+    return max(1, n if n > 0 else cpu_count() + 1 + n)  # joblib: -1 = every core
 
 
 def _failed_objective(hydra_cfg: Any) -> float:
@@ -127,8 +194,6 @@ def run_sweep_job(train_fn: Callable[[Any, Path], dict], cfg: Any, out_dir: Path
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    ledger.sweep_dir = Path(hc.sweep.dir)
-    ledger.done += 1
     try:
         return float(train_fn(cfg, out_dir)["best_val_loss"])
     except Exception as err:
@@ -139,18 +204,38 @@ def run_sweep_job(train_fn: Callable[[Any, Path], dict], cfg: Any, out_dir: Path
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / ERROR_FILE, message + "\n" + detail)
         log.error(f"job #{hc.job.num} failed (the sweep goes on): {message}")
-        ledger.failed.append(f"#{hc.job.num}")
         return _failed_objective(hc)
 
 
+def _job_key(job: Path) -> tuple[int, str]:
+    return (int(job.name), "") if job.name.isdigit() else (1 << 30, job.name)
+
+
 def report_failures() -> None:
-    """After a sweep: name the failed jobs on stderr and exit 1 if there were any."""
-    if not ledger.failed:
+    """After a sweep: name the failed jobs on stderr and exit 1 if there were any.
+
+    The jobs of this sweep are the directories under its sweep dir that Hydra wrote since
+    it started (.hydra/config.yaml); a failed one holds error.txt.
+    """
+    where = ledger.sweep_dir
+    if where is None or not where.is_dir():
         return
-    where = ledger.sweep_dir or Path("multirun")
+    since = ledger.started - 1
+
+    def fresh(path: Path) -> bool:
+        try:
+            return os.stat(path).st_mtime >= since
+        except OSError:
+            return False
+
+    jobs = sorted((p for p in where.iterdir() if fresh(p / ".hydra" / "config.yaml")), key=_job_key)
+    failed = [f"#{job.name}" for job in jobs if fresh(job / ERROR_FILE)]
+    ledger.sweep_dir = None
+    if not failed:
+        return
     print(
-        f"error: {len(ledger.failed)} of {ledger.done} sweep jobs failed "
-        f"({', '.join(ledger.failed)}; the reason is in each one's {ERROR_FILE}); the others "
+        f"error: {len(failed)} of {len(jobs)} sweep jobs failed "
+        f"({', '.join(failed)}; the reason is in each one's {ERROR_FILE}); the others "
         f"finished. Leaderboard: cnnbench report {where}",
         file=sys.stderr,
         flush=True,

@@ -55,7 +55,15 @@ from .runs import (
     split_override,
 )
 from .summary import summary_table
-from .sweep import check_sweep, is_multirun, report_failures, run_sweep_job
+from .sweep import (
+    check_plugins,
+    check_sweep,
+    fix_sweep_dir,
+    is_multirun,
+    parallel_jobs,
+    report_failures,
+    run_sweep_job,
+)
 
 log = logging.getLogger("cnnbench")
 register_configs()
@@ -74,7 +82,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     ddp = distributed.current()  # rank 0 of 1 unless launched by torchrun
     main_rank = ddp.is_main  # the one process that prints and writes
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, parallel_jobs())
     seed_everything(cfg.seed + ddp.rank)  # dropout differs per rank; DDP syncs the weights
     progress = cfg.progress and main_rank
 
@@ -341,9 +349,11 @@ def hydra_args(args: list[str]) -> list[str]:
     (plus any overrides, e.g. epochs=30) and its directory is the run dir.
     """
     resume, rest = split_override(args, "resume")
+    check_plugins(args)
     if resume in (None, "", "null"):
         if is_multirun(args):  # each swept value composed once, before any job
             check_sweep(args)
+            return fix_sweep_dir(args)
         elif not any(a.startswith("-") for a in args):  # not --help/--cfg: validate first
             compose_checked(args)
             check_writable(planned_run_dir(args))
