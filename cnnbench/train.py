@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -389,4 +390,6 @@ def run_cli(args: list[str]) -> None:
         main()
     finally:
         distributed.shutdown()
+        if args[:1] == ["--config-dir"]:  # resume=: the primary config written for it
+            shutil.rmtree(args[1], ignore_errors=True)
     report_failures()  # after a sweep: the failed jobs, and exit 1 if any
