@@ -44,17 +44,25 @@ PLUGINS: dict[tuple[str, str | None], tuple[str, str]] = {
 }
 
 
-def check_plugins(args: list[str]) -> None:
-    """One clear error when a sweeper or launcher is picked whose Hydra plugin is absent."""
+def importable(module: str) -> bool:
+    """True when `module` can be imported (its parent packages included)."""
     import importlib.util
 
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package (hydra_plugins) is missing
+        return False
+
+
+def check_plugins(args: list[str]) -> None:
+    """One clear error when a sweeper or launcher is picked whose Hydra plugin is absent."""
     for arg in args:
         group, _, option = arg.partition("=")
         option = option.strip()
         if not option or option == "basic":
             continue
         plugin = PLUGINS.get((group, option)) or PLUGINS.get((group, None))
-        if plugin and importlib.util.find_spec(plugin[0]) is None:
+        if plugin and not importable(plugin[0]):
             raise CnnbenchError(
                 f"{arg} needs a Hydra plugin that is not installed: "
                 f"pip install 'cnnbench[{plugin[1]}]'"

@@ -130,3 +130,69 @@ def test_sweeps_and_missing_rendezvous_fail_clearly(cli):
     assert proc.returncode == 1
     assert "cannot start the process group (rank 0 of 2)" in proc.stderr
     assert "MASTER_ADDR" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# Rank 1 alone gets a SIGINT as batch 4 of epoch 2 reaches the engine (log_interval=2).
+SIGINT_ON_RANK_1 = """
+import os, signal, sys
+import cnnbench.train as t
+from cnnbench.cli import main
+
+_train_one_epoch = t.train_one_epoch
+
+def signal_at(loader, at_step):
+    for step, batch in enumerate(loader, 1):
+        if step == at_step:
+            os.kill(os.getpid(), signal.SIGINT)
+        yield batch
+
+class Loader:
+    def __init__(self, loader):
+        self.loader = loader
+    def __len__(self):
+        return len(self.loader)
+    def __iter__(self):
+        return signal_at(self.loader, 4)
+
+def train_one_epoch(model, loader, *args, epoch, **kwargs):
+    if epoch == 2 and os.environ["RANK"] == "1":
+        loader = Loader(loader)
+    return _train_one_epoch(model, loader, *args, epoch=epoch, **kwargs)
+
+t.train_one_epoch = train_one_epoch
+main(sys.argv[1:])
+"""
+
+RUN = [*TINY, "transforms=cifar", "batch_size=8", "epochs=3", "log_interval=2"]
+
+
+def test_ctrl_c_on_one_rank_stops_all_at_a_resumable_step(tmp_path):
+    torchrun("train", *RUN, "hydra.run.dir=full", cwd=tmp_path)
+    script = tmp_path / "harness.py"
+    script.write_text(SIGINT_ON_RANK_1)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + [str(script), "train", *RUN, "hydra.run.dir=stopped"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0
+    # Rank 0 saw no signal, yet the ranks agreed to stop after step 4 and rank 0 saved it.
+    assert "stopped by SIGINT in epoch 2 after step 4; last.pt saved" in proc.stdout
+    assert "[rank 1]" not in proc.stderr  # rank 1 stops quietly
+    stopped = tmp_path / "stopped"
+    last = torch.load(stopped / "last.pt", weights_only=True)
+    assert last["epoch"] == 1 and last["partial"]["step"] == 4
+    assert (last["partial"]["seen"], last["partial"]["world"]) == (4 * 8 * 2, 2)
+
+    torchrun("train", f"resume={stopped}", cwd=tmp_path)
+    full = list(csv.DictReader((tmp_path / "full" / "metrics.csv").open()))
+    resumed = list(csv.DictReader((stopped / "metrics.csv").open()))
+    assert len(resumed) == len(full) == 3
+    for a, b in zip(full, resumed, strict=True):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4), key

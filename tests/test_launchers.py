@@ -16,7 +16,10 @@ SUBMITIT = "hydra_plugins.hydra_submitit_launcher"
 
 
 def installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # no hydra_plugins package at all
+        return False
 
 
 def sweep_dir_of(cwd):
