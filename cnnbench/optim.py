@@ -97,3 +97,39 @@ def build_scheduler(
 def is_per_step(scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> bool:
     """True for schedulers stepped after every batch (onecycle), False for per-epoch ones."""
     return isinstance(scheduler, PER_STEP_SCHEDULERS)
+
+
+def retarget_scheduler(
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None, epochs: int, steps_per_epoch: int
+) -> str | None:
+    """After a resume with another `epochs`: make the restored schedule end at the new end.
+
+    cosine keeps its current lr and now reaches min_lr at the new last epoch (a run that had
+    already finished stays at min_lr). onecycle keeps pct_start and is re-planned for the new
+    number of steps (without this, torch refuses to step past the old total). Returns a line
+    saying what changed, or None.
+    """
+    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+        if scheduler.T_max == epochs:
+            return None
+        old, scheduler.T_max = scheduler.T_max, epochs
+        done = scheduler.last_epoch
+        if done >= old:
+            return (
+                f"the cosine schedule already ended (epoch {old}, lr = min_lr): epochs "
+                f"{done + 1}-{epochs} run at min_lr; for a new schedule start a new run from "
+                "these weights (model.weights=RUN_DIR/best.pt)"
+            )
+        return f"cosine schedule stretched from {old} to {epochs} epochs"
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        total = max(1, epochs * steps_per_epoch)
+        if scheduler.total_steps == total:
+            return None
+        old = scheduler.total_steps
+        phases = scheduler._schedule_phases  # torch's OneCycleLR plan: end step of each phase
+        fractions = [(phase["end_step"] + 1) / old for phase in phases]
+        for phase, fraction in zip(phases, fractions, strict=True):
+            phase["end_step"] = float(fraction * total) - 1
+        scheduler.total_steps = total
+        return f"onecycle schedule re-planned from {old} to {total} steps ({epochs} epochs)"
+    return None

@@ -42,7 +42,7 @@ from .errors import CnnbenchError, out_of_memory_hint, user_errors
 from .loggers import NullLogger, open_logger
 from .metrics import write_json, write_metrics_csv
 from .models import apply_weights, check_input_size, count_params, create_model
-from .optim import build_optimizer, build_scheduler, is_per_step
+from .optim import build_optimizer, build_scheduler, is_per_step, retarget_scheduler
 from .plots import refresh_curves
 from .runs import (
     PRIMARY_NAME,
@@ -188,6 +188,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     if cfg.resume:  # continue from last.pt: weights, optimizer, scheduler, RNG, history
         state = load_checkpoint(last_path)
         restore_training_state(state, model, optimizer, scheduler, scaler, last_path)
+        # resume=DIR epochs=N with N other than the run's: the schedule ends at the new end
+        retargeted = retarget_scheduler(scheduler, cfg.epochs, len(train_loader))
         start_epoch, partial = state["epoch"] + 1, state.get("partial")
         if partial is not None and partial.get("world", 1) != ddp.world_size:
             log.warning(
@@ -206,6 +208,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             + (f" and {partial['step']} steps of epoch {start_epoch}" if partial else "")
             + f" (best val_loss {best_val_loss:.5f})"
         )
+        if retargeted:
+            log.warning(retargeted)
     train_images, train_seconds = 0, 0.0
     interrupt.set_quiet(not main_rank)
     interrupt.arm()  # Ctrl-C/SIGTERM from here on: finish the step, save last.pt, exit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
@@ -143,3 +144,24 @@ def test_help_lists_groups_and_options(cli):
     ]:
         assert line in out
     assert "scheduler: cosine, none, onecycle, step" in out
+
+
+def test_resume_with_more_epochs_replans_the_schedule(cli, tmp_path):
+    """resume=DIR epochs=N extends a run: onecycle is re-planned (torch would refuse to step
+    past its old total), a finished cosine schedule says it stays at min_lr."""
+    cli("train", *TINY, "scheduler=onecycle", "hydra.run.dir=oc")
+    proc = cli("train", "resume=oc", "epochs=4")
+    assert "onecycle schedule re-planned from 10 to 20 steps (4 epochs)" in proc.stdout
+    rows = list(csv.DictReader((tmp_path / "oc" / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+    # Epoch 4 starts at step 15 of the new plan: warmup to 1e-3 ended at step 4, then a
+    # cosine anneal over steps 4..19.
+
+    expected = 1e-3 / 25 / 1e4 + (1e-3 - 1e-3 / 25 / 1e4) * (1 + math.cos(math.pi * 11 / 15)) / 2
+    assert float(rows[3]["lr"]) == pytest.approx(expected, rel=1e-3)
+    state = torch.load(tmp_path / "oc" / "last.pt", weights_only=True)
+    assert state["epoch"] == 4 and state["scheduler"]["total_steps"] == 20
+
+    cli("train", *TINY, "hydra.run.dir=cos")  # cosine over 2 epochs: ends at min_lr
+    proc = cli("train", "resume=cos", "epochs=3")
+    assert "the cosine schedule already ended (epoch 2, lr = min_lr): epochs 3-3 run" in proc.stdout
