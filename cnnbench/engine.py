@@ -144,7 +144,7 @@ def train_one_epoch(
                 bar.update(step - synced_step)
             synced_step = step
         if stop is not None and _stop_now(stop, dist, step, log_interval):
-            loss_sum, correct, total = _reduce(dist, loss_sum, correct, seen)
+            total, loss_sum, correct = _reduce(dist, seen, loss_sum, correct)
             partial = dict(
                 step=step, loss_sum=loss_sum.cpu(), correct=correct.cpu(), seen=total, world=world
             )
@@ -154,7 +154,7 @@ def train_one_epoch(
             return EpochResult(math.nan, math.nan, math.nan, total - seen_before, seconds, partial)
     if skip > len(loader):  # type: ignore[arg-type]
         _check_replay(skip, skipped * world, seen_before)
-    loss_sum, correct, seen = _reduce(dist, loss_sum, correct, seen)
+    seen, loss_sum, correct = _reduce(dist, seen, loss_sum, correct)
     mean_loss = loss_sum.item() / max(seen, 1)
     seconds = time.perf_counter() - start
     _check_finite(mean_loss, epoch, synced_step, optimizer)
@@ -170,14 +170,12 @@ def _stop_now(stop: Callable[[], bool], dist: Distributed | None, step: int, eve
     return step % every == 0 and dist.any(stop())
 
 
-def _reduce(
-    dist: Distributed | None, total: torch.Tensor, hits: torch.Tensor, seen: int
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(loss sum, hit count, samples) summed over the ranks of a DDP run."""
+def _reduce(dist: Distributed | None, seen: int, *sums: torch.Tensor) -> tuple[Any, ...]:
+    """(samples, *sums) summed over the ranks of a DDP run; as given in one process."""
     if dist is None or not dist.enabled:
-        return total, hits, seen
-    total, hits, count = dist.all_sum(total, hits, torch.tensor(seen, device=total.device))
-    return total, hits, int(count.item())
+        return (seen, *sums)
+    count, *totals = dist.all_sum(torch.tensor(seen, device=sums[0].device), *sums)
+    return (int(count.item()), *totals)
 
 
 @torch.no_grad()
@@ -216,11 +214,7 @@ def evaluate(
         seen += y.shape[0]
         bar.update(1)
     bar.close()
-    if dist is not None and dist.enabled:
-        loss_sum, top1, top5, count = dist.all_sum(
-            loss_sum, top1, top5, torch.tensor(seen, device=device)
-        )
-        seen = int(count.item())
+    seen, loss_sum, top1, top5 = _reduce(dist, seen, loss_sum, top1, top5)
     seen = max(seen, 1)
     return EpochResult(
         loss_sum.item() / seen,

@@ -151,13 +151,25 @@ def split_override(args: list[str], key: str) -> tuple[str | None, list[str]]:
     return value, rest
 
 
+def planned_hydra(
+    overrides: list[str], config_name: str = "train", config_dir: str | None = None
+) -> Any:
+    """Hydra's own settings (`hydra.*`, ${now:...} resolved now) for these overrides."""
+    from hydra import compose, initialize_config_dir, initialize_config_module
+
+    init = (
+        initialize_config_dir(config_dir, version_base=None)
+        if config_dir
+        else initialize_config_module("cnnbench.configs", version_base=None)
+    )
+    with init:
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        return cfg.hydra
+
+
 def planned_run_dir(overrides: list[str]) -> Path:
     """The run directory Hydra will create for `cnnbench train OVERRIDES` (hydra.run.dir)."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module("cnnbench.configs", version_base=None):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        return Path(str(cfg.hydra.run.dir))
+    return Path(str(planned_hydra(overrides).run.dir))
 
 
 def check_writable(run_dir: Path) -> None:

@@ -135,10 +135,9 @@ def fix_sweep_dir(args: list[str], config_name: str = "train", config_dir: str |
     Jobs run by a launcher in other processes or on other machines then write where this
     process will look for their error.txt files (report_failures).
     """
-    from hydra import compose, initialize_config_dir, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .runs import quote, split_override
+    from .runs import planned_hydra, quote, split_override
 
     ledger.started = time.time()
     given, _ = split_override(args, "hydra.sweep.dir")
@@ -155,14 +154,7 @@ def fix_sweep_dir(args: list[str], config_name: str = "train", config_dir: str |
         )
         if not o.is_sweep_override()
     ]
-    init = (
-        initialize_config_dir(config_dir, version_base=None)
-        if config_dir
-        else initialize_config_module("cnnbench.configs", version_base=None)
-    )
-    with init:
-        hydra_cfg = compose(config_name, overrides=plain, return_hydra_config=True).hydra
-        ledger.sweep_dir = Path(str(hydra_cfg.sweep.dir))
+    ledger.sweep_dir = Path(str(planned_hydra(plain, config_name, config_dir).sweep.dir))
     return [*args, f"hydra.sweep.dir={quote(str(ledger.sweep_dir))}"]
 
 

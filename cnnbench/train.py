@@ -129,7 +129,9 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         ids = [device.index] if device.type == "cuda" else None
         train_net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     net = torch.compile(train_net) if cfg.device.compile else train_net
-    eval_net = net if not ddp.enabled else torch.compile(model) if cfg.device.compile else model
+    eval_net = net
+    if ddp.enabled:
+        eval_net = torch.compile(model) if cfg.device.compile else model
 
     # ---- optimization
     optimizer = build_optimizer(cfg.optimizer, model.parameters())

@@ -110,17 +110,8 @@ class BatchTransform:
         elif not same_size:
             x = center_crop(x, out_h, out_w)
         if self.hflip and not random_crop_mode:  # after a center or resized crop
-            n, _, h, w = x.shape
-            flip = torch.rand(n, generator=gen) < 0.5
-            x = crop_and_flip(
-                x,
-                torch.zeros(n, dtype=torch.long),
-                torch.zeros_like(flip, dtype=torch.long),
-                h,
-                w,
-                0,
-                flip,
-            )
+            flip = torch.rand(x.shape[0], generator=gen) < 0.5
+            x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
         scale, shift = self.scale.to(x.device), self.shift.to(x.device)
         return (x * scale).sub_(shift)  # uint8 * float -> float: the conversion is this pass
 
