@@ -24,6 +24,41 @@ TINY = [
 ]
 
 
+# Harness code for `python -c` / script runs of the CLI that must be signalled at an exact
+# step: HARNESS_HEAD + SIGNAL_AT_STEP.format(...) + "main(sys.argv[1:])".
+HARNESS_HEAD = """
+import os, signal, sys
+import torch
+import cnnbench.train as t
+from cnnbench.cli import main
+"""
+
+# Send `signum` to ourselves as batch `at_step` of epoch `at_epoch` is handed to the engine,
+# in the process of DDP rank `rank` (0 without torchrun).
+SIGNAL_AT_STEP = """
+AT_EPOCH, AT_STEP, SIGNUM, RANK = {at_epoch}, {at_step}, {signum}, {rank}
+_train_one_epoch = t.train_one_epoch
+
+class SignalAt:
+    def __init__(self, loader):
+        self.loader = loader
+    def __len__(self):
+        return len(self.loader)
+    def __iter__(self):
+        for step, batch in enumerate(self.loader, 1):
+            if step == AT_STEP:
+                os.kill(os.getpid(), SIGNUM)
+            yield batch
+
+def train_one_epoch(model, loader, *args, epoch, **kwargs):
+    if epoch == AT_EPOCH and int(os.environ.get("RANK", "0")) == RANK:
+        loader = SignalAt(loader)
+    return _train_one_epoch(model, loader, *args, epoch=epoch, **kwargs)
+
+t.train_one_epoch = train_one_epoch
+"""
+
+
 def run_cnnbench(
     *args: str, cwd: Path, check: bool = True, env: dict | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, read_json, run_cnnbench
+from conftest import HARNESS_HEAD, REPO, SIGNAL_AT_STEP, TINY, read_json, run_cnnbench
 
 from cnnbench.data import ImageTensors, TensorLoader
 from cnnbench.data.transforms import BatchTransform
@@ -132,44 +133,15 @@ def test_sweeps_and_missing_rendezvous_fail_clearly(cli):
     assert "MASTER_ADDR" in proc.stderr and "Traceback" not in proc.stderr
 
 
-# Rank 1 alone gets a SIGINT as batch 4 of epoch 2 reaches the engine (log_interval=2).
-SIGINT_ON_RANK_1 = """
-import os, signal, sys
-import cnnbench.train as t
-from cnnbench.cli import main
-
-_train_one_epoch = t.train_one_epoch
-
-def signal_at(loader, at_step):
-    for step, batch in enumerate(loader, 1):
-        if step == at_step:
-            os.kill(os.getpid(), signal.SIGINT)
-        yield batch
-
-class Loader:
-    def __init__(self, loader):
-        self.loader = loader
-    def __len__(self):
-        return len(self.loader)
-    def __iter__(self):
-        return signal_at(self.loader, 4)
-
-def train_one_epoch(model, loader, *args, epoch, **kwargs):
-    if epoch == 2 and os.environ["RANK"] == "1":
-        loader = Loader(loader)
-    return _train_one_epoch(model, loader, *args, epoch=epoch, **kwargs)
-
-t.train_one_epoch = train_one_epoch
-main(sys.argv[1:])
-"""
-
 RUN = [*TINY, "transforms=cifar", "batch_size=8", "epochs=3", "log_interval=2"]
 
 
 def test_ctrl_c_on_one_rank_stops_all_at_a_resumable_step(tmp_path):
     torchrun("train", *RUN, "hydra.run.dir=full", cwd=tmp_path)
+    # Rank 1 alone gets a SIGINT as batch 4 of epoch 2 reaches the engine (log_interval=2).
+    code = SIGNAL_AT_STEP.format(at_epoch=2, at_step=4, signum=int(signal.SIGINT), rank=1)
     script = tmp_path / "harness.py"
-    script.write_text(SIGINT_ON_RANK_1)
+    script.write_text(HARNESS_HEAD + code + "\nmain(sys.argv[1:])\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, read_json
+from conftest import HARNESS_HEAD, REPO, SIGNAL_AT_STEP, read_json
 
 from cnnbench import interrupt
 from cnnbench.checkpoint import atomic_write, load_checkpoint, save_checkpoint
@@ -36,37 +36,6 @@ RUN = [
     "device=cpu",
     "progress=false",
 ]
-
-HARNESS_HEAD = """
-import os, signal, sys
-import torch
-import cnnbench.train as t
-from cnnbench.cli import main
-"""
-
-# Send `signum` to ourselves as batch `at_step` of epoch `at_epoch` is handed to the engine.
-SIGNAL_AT_STEP = """
-AT_EPOCH, AT_STEP, SIGNUM = {at_epoch}, {at_step}, {signum}
-_train_one_epoch = t.train_one_epoch
-
-class SignalAt:
-    def __init__(self, loader):
-        self.loader = loader
-    def __len__(self):
-        return len(self.loader)
-    def __iter__(self):
-        for step, batch in enumerate(self.loader, 1):
-            if step == AT_STEP:
-                os.kill(os.getpid(), SIGNUM)
-            yield batch
-
-def train_one_epoch(model, loader, *args, epoch, **kwargs):
-    if epoch == AT_EPOCH:
-        loader = SignalAt(loader)
-    return _train_one_epoch(model, loader, *args, epoch=epoch, **kwargs)
-
-t.train_one_epoch = train_one_epoch
-"""
 
 
 def harness(cwd: Path, code: str, *args: str) -> subprocess.CompletedProcess:
@@ -97,7 +66,7 @@ def resume_command(stdout: str) -> list[str]:
 def test_ctrl_c_mid_epoch_saves_a_resumable_point_and_resume_matches(cli, tmp_path):
     cli("train", *RUN, "hydra.run.dir=full")
 
-    code = SIGNAL_AT_STEP.format(at_epoch=2, at_step=4, signum=int(signal.SIGINT))
+    code = SIGNAL_AT_STEP.format(at_epoch=2, at_step=4, signum=int(signal.SIGINT), rank=0)
     proc = harness(tmp_path, code, "train", *RUN, "hydra.run.dir=stopped")
     stopped = tmp_path / "stopped"
     assert proc.returncode == 130, proc.stderr
@@ -164,7 +133,7 @@ def test_sigterm_from_outside_saves_last_pt_and_exits_143(tmp_path):
 def test_second_ctrl_c_stops_at_once_and_keeps_the_saved_files(tmp_path):
     # The first SIGINT arrives in epoch 2; the second while last.pt is being written.
     code = (
-        SIGNAL_AT_STEP.format(at_epoch=2, at_step=3, signum=int(signal.SIGINT))
+        SIGNAL_AT_STEP.format(at_epoch=2, at_step=3, signum=int(signal.SIGINT), rank=0)
         + """
 import cnnbench.checkpoint as ckpt
 _save = t.save_checkpoint
