@@ -11,21 +11,42 @@ import sys
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("cnnbench.train", "train a model: cnnbench train [overrides...] (-m to sweep)"),
-    "models": ("cnnbench.zoo", "list the model zoo: name, parameters, input size, source"),
-    "summary": ("cnnbench.summarize", "a model's torchsummary table: cnnbench summary model=NAME"),
-    "stats": ("cnnbench.stats", "train-split mean/std per channel: cnnbench stats dataset=..."),
-    "show": ("cnnbench.show", "PNG grid of augmented train samples: cnnbench show dataset=..."),
+    "train": (
+        "cnnbench.commands.train",
+        "train a model: cnnbench train [overrides...] (-m to sweep)",
+    ),
+    "models": (
+        "cnnbench.commands.models",
+        "list the model zoo: name, parameters, input size, source",
+    ),
+    "summary": (
+        "cnnbench.commands.summary",
+        "a model's torchsummary table: cnnbench summary model=NAME",
+    ),
+    "stats": (
+        "cnnbench.commands.stats",
+        "train-split mean/std per channel: cnnbench stats dataset=...",
+    ),
+    "show": (
+        "cnnbench.commands.show",
+        "PNG grid of augmented train samples: cnnbench show dataset=...",
+    ),
     "eval": (
-        "cnnbench.evaluate",
+        "cnnbench.commands.eval",
         "evaluate a run's best.pt: cnnbench eval RUN_DIR [split=test|val]",
     ),
     "predict": (
-        "cnnbench.predict",
+        "cnnbench.commands.predict",
         "classify images: cnnbench predict RUN_DIR PATH... [--out DIR]",
     ),
-    "rerun": ("cnnbench.rerun", "re-run a saved config: cnnbench rerun RUN_DIR [overrides...]"),
-    "report": ("cnnbench.report", "sweep leaderboard: cnnbench report MULTIRUN_DIR [--sort KEY]"),
+    "rerun": (
+        "cnnbench.commands.rerun",
+        "re-run a saved config: cnnbench rerun RUN_DIR [overrides...]",
+    ),
+    "report": (
+        "cnnbench.commands.report",
+        "sweep leaderboard: cnnbench report MULTIRUN_DIR [--sort KEY]",
+    ),
 }
 
 EXAMPLES = """examples:

@@ -45,7 +45,7 @@ def test_curves_png_is_written_with_the_metrics(run):
 
 
 def test_best_pt_stores_the_normalization_of_the_train_split(run):
-    from cnnbench.evaluate import rebuild_data
+    from cnnbench.commands.eval import rebuild_data
     from cnnbench.runs import compose_saved
 
     best = torch.load(run / "best.pt", weights_only=True)
@@ -88,7 +88,7 @@ def test_eval_reproduces_the_test_figures_of_results_json(run, tmp_path):
 
 
 def test_eval_on_the_val_split_matches_the_best_epoch(run, tmp_path):
-    from cnnbench.evaluate import evaluate_run
+    from cnnbench.commands.eval import evaluate_run
 
     out = tmp_path / "val-eval"
     evaluate_run(run, "val", ["eval_batch_size=5", "device=cpu", "progress=false"], out)
@@ -125,7 +125,7 @@ def test_eval_errors_are_one_line(run, tmp_path, capsys):
 def test_predict_files_and_folders(run, tmp_path):
     """Test-split images saved as PNG get the probabilities the eval pipeline gives them."""
     from cnnbench.data.transforms import BatchTransform
-    from cnnbench.evaluate import model_from_checkpoint, rebuild_data
+    from cnnbench.commands.eval import model_from_checkpoint, rebuild_data
     from cnnbench.runs import compose_saved
 
     data, _ = rebuild_data(compose_saved(run))
@@ -247,7 +247,7 @@ def test_tensorboard_logger_writes_the_metrics_csv_scalars(rerun):
 
 def test_predict_recomputes_normalization_for_a_best_pt_without_it(run, tmp_path):
     """Runs saved before best.pt held mean/std: predict falls back to the saved config."""
-    from cnnbench.predict import predict
+    from cnnbench.commands.predict import predict
 
     old = tmp_path / "old-run"
     shutil.copytree(run / ".hydra", old / ".hydra")

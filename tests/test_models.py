@@ -27,7 +27,7 @@ from cnnbench.models import (
 from cnnbench.models.registry import transforms_presets_for
 from cnnbench.models.weights import load_state
 from cnnbench.optim import build_optimizer
-from cnnbench.zoo import format_table, zoo_rows
+from cnnbench.commands.models import format_table, zoo_rows
 
 # Parameters at each model's default classes: SPEC.md's table, and torchvision's documented
 # counts for the VGG variants and ResNet-18 that SPEC.md lists by name only.

@@ -20,12 +20,12 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import atomic_write_text
-from .errors import CnnbenchError, user_errors
-from .metrics import read_metrics_csv
-from .plots import write_sweep_curves
-from .runs import SAVED_CONFIG
-from .sweep import ERROR_FILE
+from ..checkpoint import atomic_write_text
+from ..errors import CnnbenchError, user_errors
+from ..metrics import read_metrics_csv
+from ..plots import write_sweep_curves
+from ..runs import SAVED_CONFIG
+from ..sweep import ERROR_FILE
 
 METRICS = ["params", "best_val_loss", "test_top1", "test_top5", "epochs", "wall_seconds"]
 DEFAULT_SORT = "best_val_loss"

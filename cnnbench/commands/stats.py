@@ -13,9 +13,9 @@ import logging
 import sys
 import time
 
-from .config import check_values, compose_checked
-from .data import DataSplits, load_dataset
-from .errors import user_errors
+from ..config import check_values, compose_checked
+from ..data import DataSplits, load_dataset
+from ..errors import user_errors
 
 log = logging.getLogger("cnnbench")
 

@@ -14,10 +14,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from .config import compose_checked
-from .errors import CnnbenchError, user_errors
-from .runs import PRIMARY_NAME, primary_from_saved, saved_config, split_override
-from .sweep import check_sweep, fix_sweep_dir, is_multirun, report_failures
+from ..config import compose_checked
+from ..errors import CnnbenchError, user_errors
+from ..runs import PRIMARY_NAME, primary_from_saved, saved_config, split_override
+from ..sweep import check_sweep, fix_sweep_dir, is_multirun, report_failures
 
 USAGE = """usage: cnnbench rerun RUN_DIR [overrides...]
 

@@ -10,8 +10,8 @@ import sys
 
 import torch
 
-from .errors import CnnbenchError, user_errors
-from .models import count_params, create_model, registered_models
+from ..errors import CnnbenchError, user_errors
+from ..models import count_params, create_model, registered_models
 
 USAGE = """usage: cnnbench models [--markdown]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .data import TensorLoader, build_transforms
-from .data.transforms import resolve_stats
-from .errors import CnnbenchError, user_errors
+from ..data import TensorLoader, build_transforms
+from ..data.transforms import resolve_stats
+from ..errors import CnnbenchError, user_errors
 from .stats import load_for_command
 
 

@@ -12,12 +12,12 @@ import sys
 
 from omegaconf import DictConfig
 
-from .config import compose_checked
-from .data import build_transforms, load_dataset
-from .device import resolve_device
-from .errors import user_errors
-from .models import apply_weights, check_input_size, count_params, create_model, get_model_info
-from .summary import summary_table
+from ..config import compose_checked
+from ..data import build_transforms, load_dataset
+from ..device import resolve_device
+from ..errors import user_errors
+from ..models import apply_weights, check_input_size, count_params, create_model, get_model_info
+from ..models.summary import summary_table
 
 USAGE = """usage: cnnbench summary model=NAME [dataset=NAME] [other overrides...]
 

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import atomic_write_text
-from .config import DeviceConfig, DeviceName
-from .data.transforms import BatchTransform
-from .device import resolve_device
-from .errors import CnnbenchError, user_errors
-from .evaluate import load_best, model_from_checkpoint, rebuild_data
-from .plots import write_image_grid
-from .runs import compose_saved
+from ..checkpoint import atomic_write_text
+from ..config import DeviceConfig, DeviceName
+from ..data.transforms import BatchTransform
+from ..device import resolve_device
+from ..errors import CnnbenchError, user_errors
+from .eval import load_best, model_from_checkpoint, rebuild_data
+from ..plots import write_image_grid
+from ..runs import compose_saved
 
 log = logging.getLogger("cnnbench")
 

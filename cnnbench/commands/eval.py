@@ -17,21 +17,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_text, load_checkpoint
-from .data import (
+from ..checkpoint import atomic_write_text, load_checkpoint
+from ..data import (
     BatchTransform,
     DataSplits,
     TensorLoader,
     build_transforms,
     load_dataset,
 )
-from .device import autocast_for, resolve_device, resolve_precision
-from .engine import evaluate
-from .errors import CnnbenchError, user_errors
-from .metrics import write_json
-from .models import create_model
-from .plots import write_confusion_matrix
-from .runs import compose_saved, split_override
+from ..device import autocast_for, resolve_device, resolve_precision
+from ..engine import evaluate
+from ..errors import CnnbenchError, user_errors
+from ..metrics import write_json
+from ..models import create_model
+from ..plots import write_confusion_matrix
+from ..runs import compose_saved, split_override
 
 SPLITS = ("test", "val")
 USAGE = """usage: cnnbench eval RUN_DIR [split=test|val] [overrides...] [--out DIR]

@@ -1,0 +1,1 @@
+"""One module per `cnnbench` command, each exposing `run_cli(args: list[str]) -> None`."""
