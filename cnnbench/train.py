@@ -12,16 +12,11 @@ from __future__ import annotations
 import logging
 import math
 import random
-import shutil
-import sys
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
@@ -34,36 +29,18 @@ from .checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from .config import check_values, compose_checked, register_configs
+from .config import check_values, register_configs
 from .data import TensorLoader, build_transforms, load_dataset
 from .device import Workload, autocast_for, grad_scaler_for, resolve_device, resolve_precision
 from .engine import evaluate, train_one_epoch
-from .errors import CnnbenchError, out_of_memory_hint, user_errors
 from .loggers import NullLogger, open_logger
 from .metrics import write_json, write_metrics_csv
 from .models import apply_weights, check_input_size, count_params, create_model
+from .models.summary import summary_table
 from .optim import build_optimizer, build_scheduler, is_per_step, retarget_scheduler
 from .plots import refresh_curves
-from .runs import (
-    PRIMARY_NAME,
-    check_writable,
-    latest_matching_run,
-    planned_run_dir,
-    primary_from_saved,
-    quote,
-    remember_saved_config,
-    saved_config_guard,
-    split_override,
-)
-from .models.summary import summary_table
 from .sweep import (
-    check_plugins,
-    check_sweep,
-    fix_sweep_dir,
-    is_multirun,
     parallel_jobs,
-    report_failures,
-    run_sweep_job,
 )
 
 log = logging.getLogger("cnnbench")

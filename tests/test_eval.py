@@ -124,8 +124,8 @@ def test_eval_errors_are_one_line(run, tmp_path, capsys):
 
 def test_predict_files_and_folders(run, tmp_path):
     """Test-split images saved as PNG get the probabilities the eval pipeline gives them."""
-    from cnnbench.data.transforms import BatchTransform
     from cnnbench.commands.eval import model_from_checkpoint, rebuild_data
+    from cnnbench.data.transforms import BatchTransform
     from cnnbench.runs import compose_saved
 
     data, _ = rebuild_data(compose_saved(run))

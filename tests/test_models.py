@@ -12,6 +12,7 @@ from conftest import REPO
 from omegaconf import OmegaConf
 from torch import nn
 
+from cnnbench.commands.models import format_table, zoo_rows
 from cnnbench.config import ModelConfig, OptimizerConfig
 from cnnbench.errors import CnnbenchError
 from cnnbench.models import (
@@ -27,7 +28,6 @@ from cnnbench.models import (
 from cnnbench.models.registry import transforms_presets_for
 from cnnbench.models.weights import load_state
 from cnnbench.optim import build_optimizer
-from cnnbench.commands.models import format_table, zoo_rows
 
 # Parameters at each model's default classes: SPEC.md's table, and torchvision's documented
 # counts for the VGG variants and ResNet-18 that SPEC.md lists by name only.

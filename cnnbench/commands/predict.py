@@ -29,9 +29,9 @@ from ..config import DeviceConfig, DeviceName
 from ..data.transforms import BatchTransform
 from ..device import resolve_device
 from ..errors import CnnbenchError, user_errors
-from .eval import load_best, model_from_checkpoint, rebuild_data
 from ..plots import write_image_grid
 from ..runs import compose_saved
+from .eval import load_best, model_from_checkpoint, rebuild_data
 
 log = logging.getLogger("cnnbench")
 
