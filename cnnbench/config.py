@@ -1,13 +1,17 @@
-"""Structured config schemas, registered with Hydra's ConfigStore.
+"""Structured config schemas, registered with Hydra's ConfigStore: every key and default, once.
 
-The YAML files under ``configs/`` pick values; these dataclasses say which keys exist and
-what type each has, so a misspelled key or a wrong type stops the run before any work.
-Every default lives here once; the YAML group files only hold what differs.
+Each option of the dataset, optimizer, scheduler, device and logger groups is its own
+dataclass, registered in the ConfigStore as that group's option (`dataset=folder` is
+`FolderDataset`): a key the chosen option does not use (`scheduler=step
+scheduler.pct_start=0.5`) stops the run before any work with one message naming that
+option's keys. Model and transforms options are presets: YAML files under ``configs/`` that
+only pick values of one schema (`ModelConfig`, `TransformsConfig`); so do the recipes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
@@ -42,6 +46,14 @@ class Normalize(Enum):
     none = "none"
 
 
+class Anneal(Enum):
+    cos = "cos"
+    linear = "linear"
+
+
+# ---- model and transforms: one schema each, options are YAML presets of values
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -49,55 +61,6 @@ class ModelConfig:
     in_channels: int | None = None  # None: from the dataset
     weights: str | None = None  # local state_dict to load (no downloads at run time)
     freeze_features: bool = False
-
-
-@dataclass
-class DatasetConfig:
-    name: str = MISSING
-    root: str = "data"  # torchvision datasets: their parent folder; folder: the image folder
-    download: bool = False  # torchvision datasets only; off by default (offline-safe)
-    val_split: float = 0.1  # fraction of train carved out for validation (when there is no val/)
-    test_split: float = 0.15  # used only by datasets without an official test split
-    split_seed: int = 42  # the split stays fixed when the training seed changes
-    # Sets without their own test split (one image folder, digits, fake): [train, val, test] as
-    # counts (seed 004: 400, 92, 10) or fractions (0.8, 0.1, 0.1), shuffled with split_seed.
-    # None: test_split, then val_split.
-    splits: list[float] | None = None
-    max_per_class: int | None = None  # folder: use at most this many files per class (seeded pick)
-    # Stored image size (square), applied once at load: folder images, torchvision sets and
-    # digits are resized to it, fake generates it. None: folder: transforms.resize, else the
-    # images' own size; others: their native size (digits: 32).
-    image_size: int | None = None
-    max_memory_mb: int = 2048  # folder: decode into memory up to this size, else stream from disk
-    # Decoded folders and statistics; None: $CNNBENCH_CACHE, else ~/.cache/cnnbench.
-    cache_dir: str | None = None
-    # Synthetic data (dataset=fake) only:
-    size: int = 256
-    channels: int = 3
-    num_classes: int = 10
-
-
-@dataclass
-class OptimizerConfig:
-    name: str = MISSING
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    nesterov: bool = False
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-
-
-@dataclass
-class SchedulerConfig:
-    name: str = "none"
-    step_size: int = 10  # step: epochs between decays
-    gamma: float = 0.1  # step: decay factor
-    min_lr: float = 0.0  # cosine: final learning rate
-    # onecycle (stepped per batch; its peak is optimizer.lr):
-    pct_start: float = 0.25  # fraction of the steps spent warming up
-    div_factor: float = 25.0  # starting lr = optimizer.lr / div_factor
-    final_div_factor: float = 1e4  # final lr = starting lr / final_div_factor
-    anneal: str = "cos"  # cos | linear
 
 
 @dataclass
@@ -116,13 +79,201 @@ class TransformsConfig:
     std: list[float] | None = None
 
 
+# ---- datasets: one schema per option
+
+
+@dataclass
+class DatasetConfig:
+    """Keys every dataset has."""
+
+    name: str = MISSING
+    val_split: float = 0.1  # fraction of train carved out for validation (when there is no val/)
+    split_seed: int = 42  # the split stays fixed when the training seed changes
+    # Stored image size (square), applied once at load. None: the images' own size (folder:
+    # transforms.resize when given).
+    image_size: int | None = None
+    # Decoded folders and statistics; None: $CNNBENCH_CACHE, else $XDG_CACHE_HOME/cnnbench.
+    cache_dir: str | None = None
+
+
+@dataclass
+class OwnSplitsDataset(DatasetConfig):
+    """Sets without an official test split: test (and val) are carved with split_seed."""
+
+    test_split: float = 0.15
+    # [train, val, test] as counts (seed 004: 400, 92, 10) or fractions (0.8, 0.1, 0.1),
+    # shuffled with split_seed. None: test_split, then val_split.
+    splits: list[float] | None = None
+
+
+@dataclass
+class DigitsDataset(OwnSplitsDataset):
+    """scikit-learn's bundled 8x8 digits (1,797 images), upscaled; offline, no download."""
+
+    name: str = "digits"
+    image_size: int | None = 32  # None: the native 8x8
+
+
+@dataclass
+class FakeDataset(OwnSplitsDataset):
+    """torchvision's FakeData: seeded random images and labels, for tests and smoke runs."""
+
+    name: str = "fake"
+    image_size: int = 32
+    size: int = 256
+    channels: int = 3
+    num_classes: int = 10
+
+
+@dataclass
+class TorchvisionDataset(DatasetConfig):
+    """A torchvision dataset's files under `root` (cifar10, cifar100, mnist, fashion_mnist)."""
+
+    root: str = "data"  # the parent folder of torchvision's dataset folder
+    download: bool = False  # off by default: offline-safe
+
+
+@dataclass
+class FolderDataset(OwnSplitsDataset):
+    """Your images: root/<class>/<image>, or root/train|val|test/<class>/<image>."""
+
+    name: str = "folder"
+    root: str = "data"
+    max_per_class: int | None = None  # use at most this many files per class (seeded pick)
+    max_memory_mb: int = 2048  # decode into memory up to this size, else stream from disk
+
+
+@dataclass
+class Cifar10Dataset(TorchvisionDataset):
+    name: str = "cifar10"
+
+
+@dataclass
+class Cifar100Dataset(TorchvisionDataset):
+    name: str = "cifar100"
+
+
+@dataclass
+class MnistDataset(TorchvisionDataset):
+    name: str = "mnist"
+    image_size: int | None = 32  # 28x28 resized to LeNet-5's 32x32; None keeps 28x28
+
+
+@dataclass
+class FashionMnistDataset(MnistDataset):
+    name: str = "fashion_mnist"
+
+
+DATASETS: dict[str, DatasetConfig] = {
+    "digits": DigitsDataset(),
+    "fake": FakeDataset(),
+    "cifar10": Cifar10Dataset(),
+    "cifar100": Cifar100Dataset(),
+    "mnist": MnistDataset(),
+    "fashion_mnist": FashionMnistDataset(),
+    "folder": FolderDataset(),
+}
+
+
+# ---- optimizers
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    name: str = "adam"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    name: str = "adamw"
+    weight_decay: float = 0.05
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    """SGD with momentum 0.9 (seed 004); nesterov=true for Nesterov momentum."""
+
+    name: str = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+OPTIMIZERS: dict[str, OptimizerConfig] = {
+    "adam": AdamConfig(),
+    "adamw": AdamWConfig(),
+    "sgd": SGDConfig(),
+}
+
+
+# ---- learning-rate schedulers
+
+
+@dataclass
+class SchedulerConfig:
+    """No schedule: optimizer.lr throughout."""
+
+    name: str = "none"
+
+
+@dataclass
+class StepScheduler(SchedulerConfig):
+    """Multiply the learning rate by gamma every step_size epochs."""
+
+    name: str = "step"
+    step_size: int = 10
+    gamma: float = 0.1
+
+
+@dataclass
+class CosineScheduler(SchedulerConfig):
+    """Cosine decay from optimizer.lr to min_lr over the run's epochs."""
+
+    name: str = "cosine"
+    min_lr: float = 0.0
+
+
+@dataclass
+class OneCycleScheduler(SchedulerConfig):
+    """One-cycle, stepped every batch; its peak is optimizer.lr."""
+
+    name: str = "onecycle"
+    pct_start: float = 0.25  # fraction of the steps spent warming up
+    div_factor: float = 25.0  # starting lr = optimizer.lr / div_factor
+    final_div_factor: float = 1e4  # final lr = starting lr / final_div_factor
+    anneal: Anneal = Anneal.cos
+
+
+SCHEDULERS: dict[str, SchedulerConfig] = {
+    "none": SchedulerConfig(),
+    "step": StepScheduler(),
+    "cosine": CosineScheduler(),
+    "onecycle": OneCycleScheduler(),
+}
+
+
+# ---- device and logger
+
+
 @dataclass
 class DeviceConfig:
-    name: DeviceName = DeviceName.auto
+    name: DeviceName = DeviceName.auto  # auto: CUDA when available, else CPU
     threads: int | None = None  # CPU threads; None: all cores available to this process
     channels_last: bool = False
     compile: bool = False
     precision: Precision = Precision.auto  # auto: bf16 where the hardware gains, else fp32
+
+
+DEVICES: dict[str, DeviceConfig] = {d.value: DeviceConfig(name=d) for d in DeviceName}
 
 
 @dataclass
@@ -130,15 +281,42 @@ class LoggerConfig:
     name: str = "none"  # none (metrics.csv only) or tensorboard (RUN_DIR/tb)
 
 
+LOGGERS: dict[str, LoggerConfig] = {
+    "none": LoggerConfig(),
+    "tensorboard": LoggerConfig(name="tensorboard"),
+}
+
+# Groups whose options are schemas registered here (the others are YAML presets in configs/).
+REGISTERED_GROUPS: dict[str, dict[str, Any]] = {
+    "dataset": DATASETS,
+    "optimizer": OPTIMIZERS,
+    "scheduler": SCHEDULERS,
+    "device": DEVICES,
+    "logger": LOGGERS,
+}
+GROUPS = ("model", "dataset", "optimizer", "scheduler", "transforms", "device", "logger", "recipe")
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: registered schemas, else the packaged YAML presets."""
+    if group in REGISTERED_GROUPS:
+        return list(REGISTERED_GROUPS[group])
+    from importlib.resources import files
+
+    folder = files("cnnbench.configs") / group
+    names = [p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml")]
+    return sorted(names)
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    dataset: DatasetConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
     transforms: TransformsConfig = field(default_factory=TransformsConfig)
-    device: DeviceConfig = field(default_factory=DeviceConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    device: DeviceConfig = MISSING
+    logger: LoggerConfig = MISSING
     epochs: int = 20
     batch_size: int = 32
     eval_batch_size: int | None = None  # None: 2 x batch_size
@@ -153,45 +331,47 @@ class TrainConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas; the YAML groups merge onto them and are validated."""
+    """Register the top-level schema and every group option that is a schema."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    for group, options in REGISTERED_GROUPS.items():
+        for name, node in options.items():
+            cs.store(group=group, name=name, node=node)
+
+
+def eval_batch_size(cfg: Any) -> int:
+    """The evaluation batch: eval_batch_size, else 2 x batch_size (no gradients to hold)."""
+    return cfg.eval_batch_size or 2 * cfg.batch_size
+
+
+# ---- checks of values that have the right type but make no sense
 
 
 def check_values(cfg: Any) -> None:
     """Reject values that have the right type but make no sense, before any work is done."""
-    problems = []
-    extra = unknown_keys(cfg)
-    if extra:
-        problems.append(f"unknown key(s) {', '.join(extra)}")
-    if cfg.epochs < 1:
-        problems.append(f"epochs must be >= 1 (got {cfg.epochs})")
-    if cfg.batch_size < 1:
-        problems.append(f"batch_size must be >= 1 (got {cfg.batch_size})")
-    if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
-        problems.append(f"eval_batch_size must be >= 1 (got {cfg.eval_batch_size})")
-    if cfg.optimizer.lr <= 0:
-        problems.append(f"optimizer.lr must be > 0 (got {cfg.optimizer.lr})")
-    if cfg.optimizer.weight_decay < 0:
-        problems.append(f"optimizer.weight_decay must be >= 0 (got {cfg.optimizer.weight_decay})")
-    if not _valid_workers(cfg.num_workers):
-        problems.append(f"num_workers must be 'auto' or a count >= 0 (got {cfg.num_workers!r})")
-    if cfg.log_interval < 1:
-        problems.append(f"log_interval must be >= 1 (got {cfg.log_interval})")
-    if not 0.0 <= cfg.label_smoothing < 1.0:
-        problems.append(f"label_smoothing must be in [0, 1) (got {cfg.label_smoothing})")
-    ds = cfg.dataset
-    if not 0.0 < ds.val_split < 1.0:
-        problems.append(f"dataset.val_split must be in (0, 1) (got {ds.val_split})")
-    if not 0.0 < ds.test_split < 1.0:
-        problems.append(f"dataset.test_split must be in (0, 1) (got {ds.test_split})")
-    problems += _dataset_problems(ds) + _transforms_problems(cfg.transforms)
-    if cfg.optimizer.nesterov and cfg.optimizer.momentum <= 0:
-        problems.append("optimizer.nesterov=true needs optimizer.momentum > 0")
+    problems = [f"unknown key(s) {', '.join(extra)}" for extra in [unknown_keys(cfg)] if extra]
+    problems += _top_level_problems(cfg)
+    problems += _dataset_problems(cfg.dataset) + _transforms_problems(cfg.transforms)
+    problems += _optimizer_problems(cfg.optimizer)
     if cfg.device.threads is not None and cfg.device.threads < 1:
         problems.append(f"device.threads must be >= 1 (got {cfg.device.threads})")
     if problems:
         raise CnnbenchError("invalid config: " + "; ".join(problems))
+
+
+def _at_least(value: Any, low: float, key: str) -> list[str]:
+    return [] if value is None or value >= low else [f"{key} must be >= {low:g} (got {value})"]
+
+
+def _top_level_problems(cfg: Any) -> list[str]:
+    problems = _at_least(cfg.epochs, 1, "epochs") + _at_least(cfg.batch_size, 1, "batch_size")
+    problems += _at_least(cfg.eval_batch_size, 1, "eval_batch_size")
+    problems += _at_least(cfg.log_interval, 1, "log_interval")
+    if not _valid_workers(cfg.num_workers):
+        problems.append(f"num_workers must be 'auto' or a count >= 0 (got {cfg.num_workers!r})")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        problems.append(f"label_smoothing must be in [0, 1) (got {cfg.label_smoothing})")
+    return problems
 
 
 def _valid_workers(value: Any) -> bool:
@@ -199,28 +379,49 @@ def _valid_workers(value: Any) -> bool:
     return text == "auto" or (text.isdigit() and int(text) >= 0)
 
 
+def _optimizer_problems(opt: Any) -> list[str]:
+    problems = []
+    if not (math.isfinite(opt.lr) and opt.lr > 0):
+        problems.append(f"optimizer.lr must be a finite number > 0 (got {opt.lr})")
+    problems += _at_least(opt.weight_decay, 0, "optimizer.weight_decay")
+    if "momentum" in opt:
+        problems += _at_least(opt.momentum, 0, "optimizer.momentum")
+        if opt.nesterov and opt.momentum <= 0:
+            problems.append("optimizer.nesterov=true needs optimizer.momentum > 0")
+    return problems
+
+
 def _dataset_problems(ds: Any) -> list[str]:
     problems = []
-    if ds.splits is not None:
-        values = list(ds.splits)
-        if len(values) != 3 or any(v < 0 for v in values):
-            problems.append(
-                f"dataset.splits must be [train, val, test] counts or fractions >= 0 (got {values})"
-            )
-        elif all(v < 1 for v in values) and sum(values) > 1 + 1e-9:
-            problems.append(f"dataset.splits fractions must add up to at most 1 (got {values})")
-        elif any(v >= 1 for v in values) and any(v != int(v) for v in values):
-            problems.append(
-                f"dataset.splits mixes counts and fractions (got {values}); use "
-                "counts like [400,92,10] or fractions like [0.8,0.1,0.1]"
-            )
+    for key in ("val_split", "test_split"):
+        value = ds.get(key)
+        if value is not None and not 0.0 < value < 1.0:
+            problems.append(f"dataset.{key} must be in (0, 1) (got {value})")
+    if ds.get("splits") is not None:
+        problems += _splits_problems(list(ds.splits))
     for key in ("max_per_class", "image_size"):
-        value = getattr(ds, key)
+        value = ds.get(key)
         if value is not None and value < 1:
             problems.append(f"dataset.{key} must be >= 1 or null (got {value})")
-    if ds.max_memory_mb < 0:
-        problems.append(f"dataset.max_memory_mb must be >= 0 (got {ds.max_memory_mb})")
+    problems += _at_least(ds.get("max_memory_mb"), 0, "dataset.max_memory_mb")
+    if ds.name == "fake" and ds.image_size is None:
+        problems.append("dataset=fake generates images of dataset.image_size: set it (e.g. 32)")
     return problems
+
+
+def _splits_problems(values: list[float]) -> list[str]:
+    if len(values) != 3 or any(v < 0 for v in values):
+        return [
+            f"dataset.splits must be [train, val, test] counts or fractions >= 0 (got {values})"
+        ]
+    if all(v < 1 for v in values) and sum(values) > 1 + 1e-9:
+        return [f"dataset.splits fractions must add up to at most 1 (got {values})"]
+    if any(v >= 1 for v in values) and any(v != int(v) for v in values):
+        return [
+            f"dataset.splits mixes counts and fractions (got {values}); use "
+            "counts like [400,92,10] or fractions like [0.8,0.1,0.1]"
+        ]
+    return []
 
 
 def _transforms_problems(tf: Any) -> list[str]:
@@ -229,8 +430,7 @@ def _transforms_problems(tf: Any) -> list[str]:
         value = getattr(tf, key)
         if value is not None and value < 1:
             problems.append(f"transforms.{key} must be >= 1 or null (got {value})")
-    if tf.crop_padding < 0:
-        problems.append(f"transforms.crop_padding must be >= 0 (got {tf.crop_padding})")
+    problems += _at_least(tf.crop_padding, 0, "transforms.crop_padding")
     scale, ratio = list(tf.scale), list(tf.ratio)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         problems.append(
@@ -241,35 +441,79 @@ def _transforms_problems(tf: Any) -> list[str]:
     return problems
 
 
-def _schema_keys(path: str) -> list[str]:
-    """Valid keys under `path` ('' for the top level) according to TrainConfig."""
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.structured(TrainConfig)
-    parent = OmegaConf.select(node, path) if path else node
-    return list(parent.keys()) if parent is not None and hasattr(parent, "keys") else []
+# ---- keys: which exist, for the chosen options
 
 
-def unknown_keys(cfg: Any, schema: Any = None, prefix: str = "") -> list[str]:
-    """Keys in `cfg` that the schema does not declare (e.g. added with `+key=value`)."""
+def option_keys(schema: Any) -> list[str]:
+    """The keys of a schema (a dataclass or an instance of one)."""
+    return [f.name for f in fields(schema)] if is_dataclass(schema) else []
+
+
+def _node_schema(node: Any) -> Any:
+    """The dataclass a composed config node was built from (None for plain nodes)."""
     from omegaconf import DictConfig, OmegaConf
 
-    schema = OmegaConf.structured(TrainConfig) if schema is None else schema
+    kind = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    return kind if kind is not None and is_dataclass(kind) else None
+
+
+def unknown_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Keys in `cfg` that its node's schema does not declare (e.g. added with `+key=value`)."""
+    from omegaconf import DictConfig
+
+    schema = _node_schema(cfg)
+    if schema is None:
+        return []
+    declared = set(option_keys(schema))
     found = []
     for key in cfg.keys():  # noqa: SIM118 (DictConfig: keys() lists MISSING values too)
         if key == "hydra":
             continue
-        full = f"{prefix}{key}"
-        if key not in schema.keys():  # noqa: SIM118
-            found.append(full)
-        else:
-            sub_schema, sub_cfg = schema._get_node(key), cfg._get_node(key)
-            if isinstance(sub_schema, DictConfig) and isinstance(sub_cfg, DictConfig):
-                found += unknown_keys(sub_cfg, sub_schema, full + ".")
+        if key not in declared:
+            found.append(f"{prefix}{key}")
+        elif isinstance(cfg._get_node(key), DictConfig):
+            found += unknown_keys(cfg._get_node(key), f"{prefix}{key}.")
     return found
 
 
-def composition_error(err: Exception) -> CnnbenchError:
+def options_with_key(group: str, key: str) -> list[str]:
+    """The registered options of `group` that have `key`, the likeliest meant one first
+    (`dataset.root` is most often a folder of one's own images)."""
+    options = REGISTERED_GROUPS.get(group, {})
+    found = [name for name, node in options.items() if key in option_keys(node)]
+    return sorted(found, key=lambda name: name != "folder")
+
+
+def _typed_value(full_key: str, overrides: list[str]) -> str:
+    """What the user typed for `full_key` on the command line ('...' when not found)."""
+    typed = [o.split("=", 1)[1] for o in overrides if o.lstrip("+~").startswith(f"{full_key}=")]
+    return typed[-1] if typed else "..."
+
+
+def _unknown_key_error(full_key: str, schema: Any, overrides: list[str]) -> CnnbenchError:
+    parent, _, key = full_key.rpartition(".")
+    valid = ", ".join(option_keys(schema)) if schema is not None else ""
+    if parent in REGISTERED_GROUPS and schema is not None:
+        chosen = getattr(schema, "name", None)
+        chosen = chosen.value if isinstance(chosen, Enum) else chosen
+        others = options_with_key(parent, key)
+        if not others:
+            return CnnbenchError(
+                f"unknown config key {full_key!r}; valid keys in {parent!r} "
+                f"({parent}={chosen}): {valid}"
+            )
+        value = _typed_value(full_key, overrides)
+        hint = f"did you mean {parent}={others[0]} {full_key}={value}?"
+        if len(others) > 1:
+            hint += f" (also a key of {parent}={'/'.join(others[1:])})"
+        return CnnbenchError(
+            f"{full_key} is not used by {parent}={chosen} (its keys: {valid}); {hint}"
+        )
+    where = f"in {parent!r}" if parent else "at the top level"
+    return CnnbenchError(f"unknown config key {full_key!r}; valid keys {where}: {valid}")
+
+
+def composition_error(err: Exception, overrides: list[str] = ()) -> CnnbenchError:
     """Hydra/OmegaConf composition failures as one message that names the valid choices."""
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
@@ -281,18 +525,11 @@ def composition_error(err: Exception) -> CnnbenchError:
         return CnnbenchError(
             f"unknown {group} option {choice!r}; valid {group} options: {', '.join(err.options)}"
         )
-    if "No match in the defaults list" in str(err):  # a group override on a saved run's config
-        group = str(err).split("'")[1] if str(err).count("'") >= 2 else "a config group"
-        return CnnbenchError(
-            f"cannot switch {group}= when continuing a saved run (resume keeps the run's own "
-            f"choices); override single keys such as epochs=30, or start a new run with {group}=..."
-        )
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
         full_key = str(cause.full_key)
-        parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
-        valid = ", ".join(_schema_keys(parent))
-        where = f"in {parent!r}" if parent else "at the top level"
-        return CnnbenchError(f"unknown config key {full_key!r}; valid keys {where}: {valid}")
+        schema = cause.object_type if is_dataclass(cause.object_type) else None
+        schema = schema or (TrainConfig if "." not in full_key else None)
+        return _unknown_key_error(full_key, schema, list(overrides))
     if isinstance(cause, ValidationError):
         first = str(cause).splitlines()[0]
         return CnnbenchError(f"bad value for {cause.full_key!r}: {first}")
@@ -325,7 +562,7 @@ def compose_checked(
         with init:
             cfg = compose(config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise composition_error(err) from err
+        raise composition_error(err, overrides) from err
     extra = unknown_keys(cfg)
     if extra:
         raise CnnbenchError(

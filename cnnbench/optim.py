@@ -6,10 +6,9 @@ from collections.abc import Iterable
 
 import torch
 
+from .config import OPTIMIZERS, SCHEDULERS, Anneal
 from .errors import CnnbenchError
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "step", "cosine", "onecycle")
 # Schedulers stepped after every optimizer step (train_one_epoch's step_scheduler), not per epoch.
 PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR,)
 
@@ -72,8 +71,6 @@ def build_scheduler(
             optimizer, T_max=epochs, eta_min=scfg.min_lr
         )
     if scfg.name == "onecycle":
-        if scfg.anneal not in ("cos", "linear"):
-            raise CnnbenchError(f"scheduler.anneal must be cos or linear (got {scfg.anneal!r})")
         if not 0.0 < scfg.pct_start < 1.0:
             raise CnnbenchError(f"scheduler.pct_start must be in (0, 1) (got {scfg.pct_start})")
         total = max(1, epochs * steps_per_epoch)
@@ -84,7 +81,7 @@ def build_scheduler(
             max_lr=[group["lr"] for group in optimizer.param_groups],
             total_steps=total,
             pct_start=pct_start,
-            anneal_strategy=scfg.anneal,
+            anneal_strategy=Anneal(scfg.anneal).value,
             div_factor=scfg.div_factor,
             final_div_factor=scfg.final_div_factor,
             cycle_momentum=False,

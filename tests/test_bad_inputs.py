@@ -62,12 +62,14 @@ def _unwritable_dir(tmp: Path) -> Path:
     pytest.skip("no directory here is read-only for this user")
 
 
+NO_DATA = [a for a in TINY if not a.startswith("dataset")]  # cases that pick another dataset
+
 # name -> (overrides(tmp_path, finished_run) -> args, the expected part of the error line)
 # the expected text: one string, or parts that must appear in this order
 Case = tuple[Callable[[Path, Path], list[str]], str | tuple[str, ...]]
 CASES: dict[str, Case] = {
     "nonexistent dataset root (cifar10)": (
-        lambda tmp, run: [*TINY, "dataset=cifar10", f"dataset.root={tmp}/nowhere"],
+        lambda tmp, run: [*NO_DATA, "dataset=cifar10", f"dataset.root={tmp}/nowhere"],
         "CIFAR-10 files not found under {tmp}/nowhere (expected {tmp}/nowhere/cifar-10-batches-py",
     ),
     "unknown model option": (
@@ -88,17 +90,20 @@ CASES: dict[str, Case] = {
     ),
     "misspelled key": (
         lambda tmp, run: [*TINY, "optimizer.lrr=1"],
-        "unknown config key 'optimizer.lrr'; valid keys in 'optimizer': name, lr,",
+        "unknown config key 'optimizer.lrr'; valid keys in 'optimizer' (optimizer=adam): name, lr,",
     ),
     "wrong type": (
         lambda tmp, run: [*TINY, "epochs=abc"],
         "bad value for 'epochs': Value 'abc' of type 'str' could not be converted to Integer",
     ),
     "batch_size=0": (lambda tmp, run: [*TINY, "batch_size=0"], "batch_size must be >= 1 (got 0)"),
-    "zero lr": (lambda tmp, run: [*TINY, "optimizer.lr=0"], "optimizer.lr must be > 0 (got 0.0)"),
+    "zero lr": (
+        lambda tmp, run: [*TINY, "optimizer.lr=0"],
+        "optimizer.lr must be a finite number > 0 (got 0.0)",
+    ),
     "negative lr": (
         lambda tmp, run: [*TINY, "optimizer.lr=-1e-3"],
-        "optimizer.lr must be > 0 (got -0.001)",
+        "optimizer.lr must be a finite number > 0 (got -0.001)",
     ),
     "epochs=0": (lambda tmp, run: [*TINY, "epochs=0"], "epochs must be >= 1 (got 0)"),
     "output dir under a file": (
@@ -141,15 +146,19 @@ CASES: dict[str, Case] = {
     ),
     # dataset=folder (the data layer's image folders)
     "nonexistent folder root": (
-        lambda tmp, run: [*TINY, "dataset=folder", f"dataset.root={tmp}/nowhere"],
+        lambda tmp, run: [*NO_DATA, "dataset=folder", f"dataset.root={tmp}/nowhere"],
         "{tmp}/nowhere",
     ),
     "empty folder": (
-        lambda tmp, run: [*TINY, "dataset=folder", f"dataset.root={_empty(tmp)}"],
+        lambda tmp, run: [*NO_DATA, "dataset=folder", f"dataset.root={_empty(tmp)}"],
         "{tmp}/empty",
     ),
     "one-class folder": (
-        lambda tmp, run: [*TINY, "dataset=folder", f"dataset.root={_image_folder(tmp, ['cat'])}"],
+        lambda tmp, run: [
+            *NO_DATA,
+            "dataset=folder",
+            f"dataset.root={_image_folder(tmp, ['cat'])}",
+        ],
         "cat",
     ),
 }

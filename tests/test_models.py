@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cnnbench.commands.models import format_table, zoo_rows
-from cnnbench.config import ModelConfig, OptimizerConfig
+from cnnbench.config import ModelConfig, SGDConfig
 from cnnbench.errors import CnnbenchError
 from cnnbench.models import (
     apply_weights,
@@ -317,9 +317,7 @@ def test_other_classes_replace_the_head_and_freeze_trains_only_it(tv_files, capl
     assert all(torch.equal(state[k], v) for k, v in file_state.items() if "classifier.6" not in k)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable == ["classifier.6.weight", "classifier.6.bias"]
-    opt = build_optimizer(
-        OmegaConf.structured(OptimizerConfig(name="sgd", lr=0.1)), model.parameters()
-    )
+    opt = build_optimizer(OmegaConf.structured(SGDConfig(lr=0.1)), model.parameters())
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == 40_970
 
 

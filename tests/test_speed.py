@@ -24,10 +24,10 @@ from torch import nn
 
 from cnnbench import device as dev
 from cnnbench.checkpoint import load_checkpoint, save_checkpoint, unwrap
-from cnnbench.config import Precision, TransformsConfig
+from cnnbench.config import Precision, TransformsConfig, compose_checked
 from cnnbench.data import ImageTensors, TensorLoader, build_transforms
 from cnnbench.device import PrecisionProbe, Workload, resolve_precision
-from cnnbench.engine import evaluate, train_one_epoch
+from cnnbench.engine import TrainStep, evaluate, train_one_epoch
 from cnnbench.errors import CnnbenchError
 from cnnbench.models import count_params, create_model
 from cnnbench.optim import build_scheduler, is_per_step
@@ -166,8 +166,8 @@ def test_onecycle_is_stepped_per_batch_with_the_documented_shape():
     assert opt.param_groups[0]["momentum"] == 0.9  # momentum is not cycled
     cosine = SimpleNamespace(name="cosine", min_lr=0.0)
     assert not is_per_step(build_scheduler(cosine, opt, epochs=4, steps_per_epoch=10))
-    with pytest.raises(CnnbenchError, match="anneal must be cos or linear"):
-        build_scheduler(SimpleNamespace(**{**vars(scfg), "anneal": "exp"}), opt, 4, 10)
+    with pytest.raises(CnnbenchError, match="bad value for 'scheduler.anneal'.*exp"):
+        compose_checked(["scheduler=onecycle", "scheduler.anneal=exp"])
 
 
 def test_onecycle_lr_in_metrics_csv_rises_then_falls(cli, tmp_path):
@@ -245,7 +245,7 @@ def test_compiled_channels_last_model_trains_and_saves_plain_keys(tmp_path):
     data = _fake_images(48)
     loader = TensorLoader(data, 16, tf, CPU, shuffle=True, channels_last=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    tr = train_one_epoch(net, loader, opt, nn.CrossEntropyLoss(), progress=False, log_interval=2)
+    tr = train_one_epoch(net, loader, TrainStep(opt, nn.CrossEntropyLoss()))
     ev = evaluate(net, TensorLoader(data, 32, eval_tf, CPU, shuffle=False, channels_last=True))
     assert tr.images == 48 and ev.images == 48 and np.isfinite(tr.loss)
     assert all(k.startswith("_orig_mod.") for k in net.state_dict())  # what unwrap() avoids
@@ -332,11 +332,11 @@ def test_bench_script_prints_both_throughputs_and_their_ratio(image_folder, tmp_
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_optimizers_use_torchs_fused_update_on_cpu(name):
-    from cnnbench.config import OptimizerConfig
+    from cnnbench.config import OPTIMIZERS
     from cnnbench.optim import build_optimizer
 
     model = create_model("lenet5")
-    opt = build_optimizer(OptimizerConfig(name=name, lr=0.01), model.parameters())
+    opt = build_optimizer(OPTIMIZERS[name], model.parameters())
     assert opt.defaults["fused"] is True
     model(torch.randn(4, 1, 32, 32)).sum().backward()
     before = model.features[0].weight.detach().clone()

@@ -133,7 +133,8 @@ def load_dataset(
         )
     got = _DATASETS[cfg.name](cfg, LoadOptions(tcfg, num_workers, progress))
     train, val, test = got.train, got.val, got.test
-    splits = None if cfg.splits is None else [float(v) for v in cfg.splits]
+    given = getattr(cfg, "splits", None)  # only sets without an official test split have it
+    splits = None if given is None else [float(v) for v in given]
     if splits is not None:
         if val is not None or test is not None:
             raise CnnbenchError(
@@ -147,7 +148,7 @@ def load_dataset(
             train, test = split_off(train, cfg.test_split, cfg.split_seed, "test")
         if val is None:
             train, val = split_off(train, cfg.val_split, cfg.split_seed + 1, "validation")
-    split_params = [splits, cfg.val_split, cfg.test_split, cfg.split_seed]
+    split_params = [splits, cfg.val_split, getattr(cfg, "test_split", None), cfg.split_seed]
     return DataSplits(
         train=train,
         val=val,
@@ -174,11 +175,11 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Te
 
 @register_dataset("digits")
 def _digits(cfg, opts: LoadOptions) -> Loaded:
-    """scikit-learn's bundled 8x8 digits (values 0-16), upscaled to 32x32 uint8."""
+    """scikit-learn's bundled 8x8 digits (values 0-16), upscaled to dataset.image_size uint8."""
     import sklearn
     from sklearn.datasets import load_digits
 
-    size = cfg.image_size or 32
+    size = cfg.image_size or 8  # null: the native 8x8
     bunch = load_digits()
     small = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
     big = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
@@ -193,7 +194,7 @@ def _fake(cfg, opts: LoadOptions) -> Loaded:
     """torchvision's FakeData: seeded random images and labels."""
     from torchvision.datasets import FakeData
 
-    side = cfg.image_size or 32
+    side = cfg.image_size
     ds = FakeData(
         size=cfg.size,
         image_size=(cfg.channels, side, side),
