@@ -1,13 +1,15 @@
-"""Plain-dict checkpoints: atomic writes, safe loads (weights_only=True), resume state."""
+"""Plain-dict checkpoints: atomic writes, safe loads (weights_only=True), the train state."""
 
 from __future__ import annotations
 
 import glob
+import math
 import os
 import pickle
 import random
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -148,28 +150,62 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def restore_training_state(
-    state: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any | None,
-    scaler: Any | None,
-    source: Path,
-) -> None:
-    """Put model, optimizer, scheduler, scaler and RNG streams back as last.pt recorded them."""
-    try:
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        saved = state.get("model_name")
-        by = f" was written by model {saved!r} and" if saved else ""
-        raise CnnbenchError(
-            f"{source}{by} does not fit this run's {unwrap(model).__class__.__name__} or its "
-            f"optimizer ({_load_error_gist(err)}); resume with the run's own model and "
-            "optimizer, or start a new run"
-        ) from None
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler") is not None:
-        scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
+@dataclass
+class TrainState:
+    """What a run needs to continue: the trained objects plus the loop's own counters.
+
+    `to_dict()` is last.pt's content; `load()` puts a last.pt back into the objects (weights,
+    optimizer, scheduler, grad scaler, RNG streams) and the counters.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any | None = None
+    scaler: Any | None = None
+    model_name: str = ""
+    epoch: int = 0  # epochs finished
+    partial: dict[str, Any] | None = None  # steps and sums of a stopped epoch: {step, seen, ...}
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.csv's rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "model_name": self.model_name,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "partial": self.partial,
+            "best_val_loss": self.best_val_loss,
+            "best_epoch": self.best_epoch,
+            "metrics": self.metrics,
+            "rng": rng_state(),
+        }
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(self.to_dict(), path)
+
+    def load(self, path: Path) -> None:
+        """Continue from `path` (last.pt): every object and counter as it recorded them."""
+        state = load_checkpoint(path)
+        try:
+            unwrap(self.model).load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            saved = state.get("model_name")
+            by = f" was written by model {saved!r} and" if saved else ""
+            raise CnnbenchError(
+                f"{path}{by} does not fit this run's {unwrap(self.model).__class__.__name__} or "
+                f"its optimizer ({_load_error_gist(err)}); resume with the run's own model and "
+                "optimizer, or start a new run"
+            ) from None
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.partial = state["epoch"], state.get("partial")
+        self.best_val_loss, self.best_epoch = state["best_val_loss"], state["best_epoch"]
+        self.metrics = state["metrics"]

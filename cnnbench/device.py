@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .config import DeviceName, Precision
+from .distributed import Distributed
 from .errors import CnnbenchError
 from .perf import StepTimer, cache_dir, train_flops_per_image
 
@@ -84,11 +85,12 @@ def cuda_has_native_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
-def resolve_device(dcfg, jobs: int = 1) -> torch.device:
+def resolve_device(dcfg, ddp: Distributed | None = None, jobs: int = 1) -> torch.device:
     """cpu, cuda or auto (cuda when available); sets CPU threads to the cores.
 
-    Under torchrun each process takes its LOCAL_RANK's GPU and its share of the cores; so
-    does each of `jobs` sweep jobs running at once on this machine (hydra/launcher=joblib).
+    Under torchrun (`ddp`) each process takes its LOCAL_RANK's GPU and its share of the
+    cores; so does each of `jobs` sweep jobs running at once on this machine
+    (hydra/launcher=joblib).
     """
     name = dcfg.name
     if name == DeviceName.cuda and not torch.cuda.is_available():
@@ -98,9 +100,7 @@ def resolve_device(dcfg, jobs: int = 1) -> torch.device:
         )
     if name == DeviceName.auto:
         name = DeviceName.cuda if torch.cuda.is_available() else DeviceName.cpu
-    from .distributed import current
-
-    ddp = current()
+    ddp = ddp or Distributed()
     # torchrun's processes on one machine share its cores.
     sharing = ddp.local_world_size * max(1, jobs)
     torch.set_num_threads(dcfg.threads or max(1, cpu_count() // sharing))
@@ -174,13 +174,13 @@ def choose_cpu_precision(
         log.info("precision auto: fp32 (no model to measure bf16 on)")
         return Precision.fp32
     steps = math.ceil(workload.train_images / workload.batch_size)
-    flops = 0 if steps < MIN_TRAIN_STEPS else train_flops_per_image(model, workload.input_size)
-    flops *= workload.train_images
-    if flops < MIN_TRAIN_FLOPS or steps < MIN_TRAIN_STEPS:
-        log.info(
-            f"precision auto: fp32 (run too small to repay a bf16 measurement: "
-            f"{flops / 1e12:.2f} TFLOP, {steps} steps)"
-        )
+    too_small = "precision auto: fp32 (run too small to repay a bf16 measurement"
+    if steps < MIN_TRAIN_STEPS:
+        log.info(f"{too_small}: {steps} steps < {MIN_TRAIN_STEPS})")
+        return Precision.fp32
+    flops = train_flops_per_image(model, workload.input_size) * workload.train_images
+    if flops < MIN_TRAIN_FLOPS:
+        log.info(f"{too_small}: {flops / 1e12:.2f} TFLOP < {MIN_TRAIN_FLOPS / 1e12:g})")
         return Precision.fp32
     key = _cache_key(model, workload, channels_last)
     cached = _read_cache().get(key)

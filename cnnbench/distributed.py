@@ -3,8 +3,9 @@
     torchrun --nproc_per_node=2 -m cnnbench train dataset=cifar10 ...
 
 torchrun starts one process per GPU (or CPU worker) and sets RANK, WORLD_SIZE, LOCAL_RANK
-and LOCAL_WORLD_SIZE. Before Hydra runs, `launch_args` starts the process group (gloo for CPU
-tensors, NCCL for CUDA ones) and makes every rank use the run directory rank 0 chose. Rank 0
+and LOCAL_WORLD_SIZE. Before Hydra runs, `cnnbench train` calls `setup` to start the process
+group (gloo for CPU tensors, NCCL for CUDA ones) and makes every rank use the run directory
+rank 0 chose; the recipe then reads its place with `from_env`. Rank 0
 alone prints, logs to train.log and writes the run directory; the other ranks only warn.
 Each process trains on its shard of every epoch (`batch_size` is per process, so the
 effective batch is batch_size x WORLD_SIZE) and the metrics are summed over all ranks.
@@ -12,7 +13,6 @@ effective batch is batch_size x WORLD_SIZE) and the metrics are summed over all 
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,10 +23,6 @@ import torch
 import torch.distributed as dist
 
 from .errors import CnnbenchError
-
-log = logging.getLogger("cnnbench")
-
-WORKER_LOGGING = "hydra/job_logging=cnnbench_worker"  # ranks > 0: warnings only, no train.log
 
 
 @dataclass(frozen=True)
@@ -90,11 +86,8 @@ class Distributed:
             dist.barrier()
 
 
-_current = Distributed()
-
-
 def from_env() -> Distributed:
-    """The torchrun variables of this process (defaults: a single process)."""
+    """This process's place as torchrun's variables say (defaults: a single process)."""
 
     def read(name: str, default: int) -> int:
         value = os.environ.get(name, "")
@@ -112,17 +105,10 @@ def from_env() -> Distributed:
     )
 
 
-def current() -> Distributed:
-    """The process group this process is in (set up by `launch_args`)."""
-    return _current
-
-
 def setup() -> Distributed:
     """Start the process group when torchrun launched this process; returns its place."""
-    global _current
     env = from_env()
     if not env.enabled or dist.is_initialized():
-        _current = env
         return env
     if not 0 <= env.rank < env.world_size:
         raise CnnbenchError(f"RANK={env.rank} is outside WORLD_SIZE={env.world_size}")
@@ -138,39 +124,9 @@ def setup() -> Distributed:
             f"cannot start the process group (rank {env.rank} of {env.world_size}): {err}. "
             "Launch with torchrun, which sets MASTER_ADDR/MASTER_PORT, RANK and WORLD_SIZE"
         ) from None
-    _current = env
     return env
 
 
 def shutdown() -> None:
-    global _current
     if dist.is_initialized():
         dist.destroy_process_group()
-    _current = Distributed()
-
-
-def launch_args(args: list[str]) -> list[str]:
-    """`cnnbench train` arguments for this rank: one run dir for all, rank 0 writes it.
-
-    Without torchrun the arguments are returned unchanged.
-    """
-    from .runs import forget_saved_config, planned_run_dir, quote
-    from .sweep import is_multirun
-
-    if from_env().enabled and is_multirun(args):
-        raise CnnbenchError(
-            "cnnbench train -m does not run under torchrun: start one torchrun per run "
-            "(README, Scaling out)"
-        )
-    env = setup()
-    if not env.enabled:
-        return args
-    given = [a for a in args if a.startswith("hydra.run.dir=")]
-    extra: list[str] = []
-    if not given and not any(a.startswith("-") for a in args):  # rank 0's clock names it
-        run_dir = env.broadcast_object(str(planned_run_dir(args)) if env.is_main else None)
-        extra.append(f"hydra.run.dir={quote(run_dir)}")
-    if not env.is_main:
-        extra += ["hydra.output_subdir=null", WORKER_LOGGING]
-        forget_saved_config()  # a failed resume is put back by rank 0 only
-    return [*args, *extra]

@@ -1,12 +1,13 @@
 """train_one_epoch() and evaluate(): the hot loop, as plain functions.
 
-Metrics accumulate on the device; the host syncs once per `log_interval` steps (to refresh
-the progress bar) and at the end of the epoch, never per step.
+Metrics accumulate on the device (`Meter`); the host syncs only to refresh the progress bar
+and check the loss (`Progress`: every `log_interval` steps, or every half second while a bar
+is shown) and at the end of the epoch, never per step.
 
-train_one_epoch can stop after any step (`stop()` true, e.g. on Ctrl-C) and return the
-partial state (`EpochResult.partial`); given that state back as `resume_from` it skips the
-steps already done (the loader replays the same batches) and continues, so the epoch ends
-exactly as an uninterrupted one would.
+A resumed epoch starts where it stopped: the loader skips the batches already trained on
+(`TensorLoader.set_epoch(epoch, start_step)`) and the meter starts from the saved sums, so
+the epoch ends exactly as an uninterrupted one would. A stop request (Ctrl-C) ends the
+epoch after the current step (`StopPoll`); the caller saves that point.
 
 Under DDP (`dist` given) each rank runs on its shard; the sums behind the returned metrics
 are reduced over all ranks, so every rank returns the same, whole-epoch figures.
@@ -16,19 +17,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from .distributed import Distributed
 from .errors import CnnbenchError
 
-if TYPE_CHECKING:
-    from .distributed import Distributed
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -38,150 +39,237 @@ class EpochResult:
     top5: float
     images: int  # images trained on (or evaluated) by this call
     seconds: float
-    partial: dict[str, Any] | None = None  # set when stop() ended the epoch early
 
 
-def _progress(loader: Iterable, desc: str, enabled: bool) -> tqdm:
-    # disable=None hides the bar when stderr is not a terminal (CI, logs).
-    return tqdm(
-        total=len(loader),  # type: ignore[arg-type]
-        desc=desc,
-        disable=None if enabled else True,
-        leave=False,
-        dynamic_ncols=True,
-        mininterval=0.5,
-    )
+class Meter:
+    """Sums of loss, top-1 and top-5 hits and samples, kept on the device.
 
+    Training and evaluation share it; `totals()` reduces the sums over the ranks of a DDP
+    run (one collective) and reads them back once.
+    """
 
-def _check_finite(loss: float, epoch: int, step: int, optimizer: torch.optim.Optimizer) -> None:
-    if not math.isfinite(loss):
-        lr = optimizer.param_groups[0]["lr"]
-        raise CnnbenchError(
-            f"loss became {loss} at epoch {epoch}, step {step} (lr {lr:g}); best.pt is kept "
-            "as it was. Try a smaller optimizer.lr, a scheduler with warmup, or gradient clipping."
+    def __init__(self, device: torch.device, dist: Distributed | None = None) -> None:
+        self.dist = dist or Distributed()
+        self.loss = torch.zeros((), device=device)
+        self.top1 = torch.zeros((), device=device, dtype=torch.long)
+        self.top5 = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0  # samples of this process
+        self.resumed = 0  # samples counted before a resume (all ranks)
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, top5: bool) -> None:
+        """Add a batch: its mean `loss`, and top-1 (and top-5) hits of `logits` against `y`."""
+        n = y.shape[0]
+        self.loss += loss.detach().float() * n
+        if top5:
+            k = min(5, logits.shape[1])
+            hits = logits.detach().topk(k, dim=1).indices == y[:, None]
+            self.top1 += hits[:, 0].sum()
+            self.top5 += hits.any(dim=1).sum()
+        else:
+            self.top1 += (logits.detach().argmax(1) == y).sum()
+        self.seen += n
+
+    def mean_loss(self) -> float:
+        """This process's mean loss so far (a host sync)."""
+        return self.loss.item() / max(self.seen, 1)
+
+    def totals(self) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(samples, loss sum, top-1 hits, top-5 hits) over all ranks."""
+        if not self.dist.enabled:
+            return self.seen, self.loss, self.top1, self.top5
+        count, *sums = self.dist.all_sum(
+            torch.tensor(self.seen, device=self.loss.device), self.loss, self.top1, self.top5
+        )
+        return int(count.item()), *sums
+
+    def result(self, seconds: float, top5: bool = True) -> EpochResult:
+        seen, loss, top1, hits5 = self.totals()
+        n = max(seen, 1)
+        return EpochResult(
+            loss.item() / n,
+            top1.item() / n,
+            hits5.item() / n if top5 else math.nan,
+            seen - self.resumed,
+            seconds,
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The sums over all ranks, to continue an epoch stopped mid-way (last.pt)."""
+        seen, loss, top1, _ = self.totals()
+        return dict(seen=seen, loss_sum=loss.cpu(), correct=top1.cpu())
 
-def _check_replay(steps: int, replayed: int, saved: int) -> None:
-    if replayed != saved:
-        raise CnnbenchError(
-            f"last.pt was saved {steps} steps ({saved} images) into this epoch, but the first "
-            f"{steps} steps of this run hold {replayed} images: resume with the batch_size and "
-            "dataset the run was started with"
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Start from a stopped epoch's sums (held by rank 0 alone: the totals sum ranks)."""
+        self.resumed = state["seen"]
+        if self.dist.is_main:
+            self.seen = state["seen"]
+            self.loss += state["loss_sum"].to(self.loss.device)
+            self.top1 += state["correct"].to(self.top1.device)
+
+
+class Progress:
+    """A tqdm bar over an epoch's steps that syncs with the host rarely.
+
+    `step()` is called after every training step and costs a counter increment and a clock
+    read; every
+    `log_interval` steps, or every `refresh_seconds` while a bar is shown (so short epochs
+    with slow steps never freeze at 0%), it reads the meter back, checks the loss is finite
+    and refreshes the bar.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        *,
+        enabled: bool = True,
+        log_interval: int = 50,
+        initial: int = 0,
+        refresh_seconds: float = 0.5,
+        what: str = "",
+    ) -> None:
+        # disable=None hides the bar when stderr is not a terminal (CI, logs).
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            disable=None if enabled else True,
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=refresh_seconds,
         )
+        self.log_interval, self.refresh_seconds = log_interval, refresh_seconds
+        self.step_count, self.shown = initial, initial
+        self.next_refresh = time.perf_counter() + refresh_seconds
+        self.what = what  # e.g. "epoch 3", for messages
+
+    def where(self) -> str:
+        """Where the loop is, for messages: 'at epoch 3, step 120'."""
+        return f"at {self.what + ', ' if self.what else ''}step {self.step_count}"
+
+    def step(self, meter: Meter, check: Callable[[float], None]) -> None:
+        self.step_count += 1
+        due = self.step_count % self.log_interval == 0
+        if not due and (self.bar.disable or time.perf_counter() < self.next_refresh):
+            return
+        mean_loss = meter.mean_loss()  # the host sync
+        check(mean_loss)
+        if not self.bar.disable:
+            accuracy = meter.top1.item() / max(meter.seen, 1)
+            self.bar.set_postfix_str(f"loss: {mean_loss:.4f}, accuracy: {accuracy:.4f}", False)
+            self.bar.update(self.step_count - self.shown)
+            self.shown = self.step_count
+            self.next_refresh = time.perf_counter() + self.refresh_seconds
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class StopPoll:
+    """The batches of an epoch until `stop()` turns true (e.g. on Ctrl-C).
+
+    Polled after every batch (a Python flag, no sync); under DDP every `every` batches and
+    agreed by all ranks, so all of them stop after the same step. `stopped_at` is then that
+    step's number (else None).
+    """
+
+    def __init__(
+        self,
+        batches: Batches,
+        stop: Callable[[], bool],
+        dist: Distributed | None = None,
+        every: int = 50,
+        first_step: int = 0,
+    ) -> None:
+        self.batches, self.stop, self.every = batches, stop, every
+        self.dist = dist or Distributed()
+        self.first_step = first_step
+        self.stopped_at: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for step, batch in enumerate(self.batches, self.first_step + 1):
+            yield batch
+            if self._stop_now(step):
+                self.stopped_at = step
+                return
+
+    def _stop_now(self, step: int) -> bool:
+        if not self.dist.enabled:
+            return self.stop()
+        return step % self.every == 0 and self.dist.any(self.stop())
+
+
+@dataclass
+class TrainStep:
+    """One optimization step: forward, loss, backward, update (and a per-step schedule)."""
+
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    autocast: AbstractContextManager | None = None
+    scaler: torch.amp.GradScaler | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped every batch
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast or nullcontext():
+            logits = model(x)
+            loss = self.loss_fn(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return logits, loss
+
+    def check_finite(self, loss: float, where: str) -> None:
+        """Stop the run with one message when the loss is NaN or infinite."""
+        if not math.isfinite(loss):
+            lr = self.optimizer.param_groups[0]["lr"]
+            raise CnnbenchError(
+                f"loss became {loss} {where} (lr {lr:g}); best.pt is kept as it was. Try a "
+                "smaller optimizer.lr, a scheduler with warmup, or gradient clipping."
+            )
 
 
 def train_one_epoch(
     model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    loss_fn: nn.Module,
-    *,
-    epoch: int = 1,
-    autocast: AbstractContextManager | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    log_interval: int = 50,
-    progress: bool = True,
-    stop: Callable[[], bool] | None = None,
-    resume_from: dict[str, Any] | None = None,
-    dist: Distributed | None = None,
+    batches: Batches,
+    step: TrainStep,
+    meter: Meter | None = None,
+    progress: Progress | None = None,
 ) -> EpochResult:
-    """One pass over `loader`; returns mean loss and top-1 accuracy of the seen batches.
+    """One pass of `step` over `batches`; mean loss and top-1 accuracy of the whole epoch.
 
-    `stop` is polled after every step (a Python flag, no sync; under DDP every
-    `log_interval` steps, agreed by all ranks); when it turns true the epoch ends there and
-    the result's `partial` holds what `resume_from` needs later.
+    `meter` may hold the sums of the epoch's earlier steps (a resumed epoch); without a
+    `progress` no bar is shown (the loss is still checked every 50 steps).
     """
+    meter = meter or Meter(next(model.parameters()).device)
+    progress = progress or Progress(len(batches), "", enabled=False)  # type: ignore[arg-type]
     model.train()
-    device = next(model.parameters()).device
-    world = dist.world_size if dist is not None else 1
-    lead = dist is None or dist.is_main  # holds the sums of a resumed epoch
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = skip = skipped = seen_before = 0
-    if resume_from is not None:  # stopped mid-epoch before: start from its accumulators
-        skip, seen_before = resume_from["step"], resume_from["seen"]
-        if lead:
-            seen = seen_before
-            loss_sum += resume_from["loss_sum"].to(device)
-            correct += resume_from["correct"].to(device)
-    bar = _progress(loader, "[Training]", progress)
-    bar.update(skip)
-    synced_step = skip
     start = time.perf_counter()
-    for step, (x, y) in enumerate(loader, 1):
-        if step <= skip:  # done before the interruption: replay the batch, don't train on it
-            skipped += y.shape[0]
-            if step == skip:
-                _check_replay(skip, skipped * world, seen_before)
-            continue
-        with autocast or nullcontext():
-            logits = model(x)
-            loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if step_scheduler is not None:
-            step_scheduler.step()
-        n = y.shape[0]
-        loss_sum += loss.detach().float() * n
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += n
-        if step % log_interval == 0:  # the only host sync inside the loop
-            mean_loss = loss_sum.item() / max(seen, 1)
-            _check_finite(mean_loss, epoch, step, optimizer)
-            if not bar.disable:
-                bar.set_postfix_str(
-                    f"loss: {mean_loss:.4f}, accuracy: {correct.item() / max(seen, 1):.4f}",
-                    refresh=False,
-                )
-                bar.update(step - synced_step)
-            synced_step = step
-        if stop is not None and _stop_now(stop, dist, step, log_interval):
-            total, loss_sum, correct = _reduce(dist, seen, loss_sum, correct)
-            partial = dict(
-                step=step, loss_sum=loss_sum.cpu(), correct=correct.cpu(), seen=total, world=world
-            )
-            _check_finite(loss_sum.item() / total, epoch, step, optimizer)
-            bar.close()
-            seconds = time.perf_counter() - start
-            return EpochResult(math.nan, math.nan, math.nan, total - seen_before, seconds, partial)
-    if skip > len(loader):  # type: ignore[arg-type]
-        _check_replay(skip, skipped * world, seen_before)
-    seen, loss_sum, correct = _reduce(dist, seen, loss_sum, correct)
-    mean_loss = loss_sum.item() / max(seen, 1)
-    seconds = time.perf_counter() - start
-    _check_finite(mean_loss, epoch, synced_step, optimizer)
-    bar.close()
-    top1 = correct.item() / max(seen, 1)
-    return EpochResult(mean_loss, top1, float("nan"), seen - seen_before, seconds)
-
-
-def _stop_now(stop: Callable[[], bool], dist: Distributed | None, step: int, every: int) -> bool:
-    """stop() after this step? Ranks agree every `every` steps (all of them stop together)."""
-    if dist is None or not dist.enabled:
-        return stop()
-    return step % every == 0 and dist.any(stop())
-
-
-def _reduce(dist: Distributed | None, seen: int, *sums: torch.Tensor) -> tuple[Any, ...]:
-    """(samples, *sums) summed over the ranks of a DDP run; as given in one process."""
-    if dist is None or not dist.enabled:
-        return (seen, *sums)
-    count, *totals = dist.all_sum(torch.tensor(seen, device=sums[0].device), *sums)
-    return (int(count.item()), *totals)
+    for x, y in batches:
+        logits, loss = step(model, x, y)
+        meter.update(loss, logits, y, top5=False)
+        progress.step(meter, lambda value: step.check_finite(value, progress.where()))
+    progress.close()
+    result = meter.result(time.perf_counter() - start, top5=False)
+    step.check_finite(result.loss, progress.where())
+    return result
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loader: Batches,
     loss_fn: nn.Module | None = None,
     *,
     autocast: AbstractContextManager | None = None,
@@ -194,32 +282,15 @@ def evaluate(
     Under DDP each rank evaluates its part of the split and the sums are reduced.
     """
     model.eval()
-    device = next(model.parameters()).device
     loss_fn = loss_fn or nn.CrossEntropyLoss()
-    loss_sum = torch.zeros((), device=device)
-    top1 = torch.zeros((), device=device, dtype=torch.long)
-    top5 = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    bar = _progress(loader, desc, progress)
+    meter = Meter(next(model.parameters()).device, dist)
+    bar = tqdm(total=len(loader), desc=desc, disable=None if progress else True, leave=False)  # type: ignore[arg-type]
     start = time.perf_counter()
     for x, y in loader:
         with autocast or nullcontext():
             logits = model(x)
         logits = logits.float()
-        loss_sum += loss_fn(logits, y) * y.shape[0]
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k, dim=1).indices == y[:, None]
-        top1 += hits[:, 0].sum()
-        top5 += hits.any(dim=1).sum()
-        seen += y.shape[0]
+        meter.update(loss_fn(logits, y), logits, y, top5=True)
         bar.update(1)
     bar.close()
-    seen, loss_sum, top1, top5 = _reduce(dist, seen, loss_sum, top1, top5)
-    seen = max(seen, 1)
-    return EpochResult(
-        loss_sum.item() / seen,
-        top1.item() / seen,
-        top5.item() / seen,
-        seen,
-        time.perf_counter() - start,
-    )
+    return meter.result(time.perf_counter() - start)

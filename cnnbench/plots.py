@@ -18,10 +18,9 @@ from .checkpoint import atomic_write
 
 log = logging.getLogger("cnnbench")
 
-# refresh_curves: a refresh is skipped while the time since the last one is under this many
+# CurvesWriter: a refresh is skipped while the time since the last one is under this many
 # times what the last one cost, so plots take at most ~5% of a run with sub-second epochs.
 _MAX_SHARE = 20.0
-_last_refresh: dict[Path, tuple[float, float]] = {}  # path -> (when it ended, what it cost)
 
 
 def _figure(width: float, height: float) -> Any:
@@ -39,24 +38,28 @@ def _save(fig: Any, path: Path, dpi: int = 80, tight: bool = False) -> None:
     atomic_write(Path(path), lambda f: f.write(buf.getvalue()))
 
 
-def refresh_curves(path: Path, rows: Sequence[dict[str, Any]], final: bool = False) -> None:
-    """Rewrite the run's curves.png after an epoch (train.py's one call per epoch).
+class CurvesWriter:
+    """Rewrites a run's curves.png after each epoch, without slowing quick runs down.
 
     Always on the first and the `final` epoch; in between, skipped while epochs are so quick
     that replotting every time would cost more than ~5% of the run. A plotting failure is
     logged, never fatal to training.
     """
-    path = Path(path)
-    now = time.perf_counter()
-    ended, cost = _last_refresh.get(path, (-math.inf, 0.0))
-    if not final and now - ended < _MAX_SHARE * cost:
-        return
-    try:
-        write_curves(path, rows)
-    except Exception as err:  # a figure must never stop a training run
-        log.warning(f"could not write {path}: {err.__class__.__name__}: {err}")
-    done = time.perf_counter()
-    _last_refresh[path] = (done, done - now)
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.ended, self.cost = -math.inf, 0.0  # when the last refresh ended, what it cost
+
+    def refresh(self, rows: Sequence[dict[str, Any]], final: bool = False) -> None:
+        now = time.perf_counter()
+        if not final and now - self.ended < _MAX_SHARE * self.cost:
+            return
+        try:
+            write_curves(self.path, rows)
+        except Exception as err:  # a figure must never stop a training run
+            log.warning(f"could not write {self.path}: {err.__class__.__name__}: {err}")
+        self.ended = time.perf_counter()
+        self.cost = self.ended - now
 
 
 def write_curves(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -118,34 +118,33 @@ def check_sweep(args: list[str], config_name: str = "train", config_dir: str | N
         position += 1 if values else 0
 
 
-@dataclass
-class SweepLedger:
-    """The sweep this process launched: where its jobs write, and since when."""
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep this process launches: where its jobs write, and since when."""
 
-    sweep_dir: Path | None = None
+    sweep_dir: Path
     started: float = field(default_factory=time.time)
 
 
-ledger = SweepLedger()
-
-
-def fix_sweep_dir(args: list[str], config_name: str = "train", config_dir: str | None = None):
-    """`args` plus hydra.sweep.dir=DIR, resolved now (its ${now:...} included), and remembered.
+def fix_sweep_dir(
+    args: list[str], config_name: str = "train", config_dir: str | None = None
+) -> tuple[list[str], Sweep | None]:
+    """`args` plus hydra.sweep.dir=DIR, resolved now (its ${now:...} included), and the sweep.
 
     Jobs run by a launcher in other processes or on other machines then write where this
-    process will look for their error.txt files (report_failures).
+    process will look for their error.txt files (report_sweep). No sweep for --cfg,
+    --help and other flags: Hydra prints and launches nothing.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from .runs import planned_hydra, quote, split_override
 
-    ledger.started = time.time()
+    started = time.time()
     given, _ = split_override(args, "hydra.sweep.dir")
     if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
-        return args  # --cfg, --help, ...: Hydra prints and launches nothing
+        return args, None
     if given:
-        ledger.sweep_dir = Path(given).expanduser()
-        return args
+        return args, Sweep(Path(given).expanduser(), started)
     # Only the plain (not swept) overrides can be composed; the sweep dir depends on no other.
     plain = [
         o.input_line
@@ -154,8 +153,8 @@ def fix_sweep_dir(args: list[str], config_name: str = "train", config_dir: str |
         )
         if not o.is_sweep_override()
     ]
-    ledger.sweep_dir = Path(str(planned_hydra(plain, config_name, config_dir).sweep.dir))
-    return [*args, f"hydra.sweep.dir={quote(str(ledger.sweep_dir))}"]
+    sweep_dir = Path(str(planned_hydra(plain, config_name, config_dir).sweep.dir))
+    return [*args, f"hydra.sweep.dir={quote(str(sweep_dir))}"], Sweep(sweep_dir, started)
 
 
 def parallel_jobs() -> int:
@@ -211,16 +210,16 @@ def _job_key(job: Path) -> tuple[int, str]:
     return (int(job.name), "") if job.name.isdigit() else (1 << 30, job.name)
 
 
-def report_failures() -> None:
-    """After a sweep: name the failed jobs on stderr and exit 1 if there were any.
+def report_sweep(sweep: Sweep | None) -> None:
+    """After a sweep: where its jobs are and how to compare them; the failed jobs on stderr
+    and exit 1 if there were any.
 
     The jobs of this sweep are the directories under its sweep dir that Hydra wrote since
     it started (.hydra/config.yaml); a failed one holds error.txt.
     """
-    where = ledger.sweep_dir
-    if where is None or not where.is_dir():
+    if sweep is None or not sweep.sweep_dir.is_dir():
         return
-    since = ledger.started - 1
+    where, since = sweep.sweep_dir, sweep.started - 1
 
     def fresh(path: Path) -> bool:
         try:
@@ -230,8 +229,9 @@ def report_failures() -> None:
 
     jobs = sorted((p for p in where.iterdir() if fresh(p / ".hydra" / "config.yaml")), key=_job_key)
     failed = [f"#{job.name}" for job in jobs if fresh(job / ERROR_FILE)]
-    ledger.sweep_dir = None
     if not failed:
+        if jobs:
+            print(f"sweep: {len(jobs)} jobs in {where}; leaderboard: cnnbench report {where}")
         return
     print(
         f"error: {len(failed)} of {len(jobs)} sweep jobs failed "

@@ -1,6 +1,11 @@
-"""cnnbench train: the whole recipe, top to bottom.
+"""cnnbench train: the recipe, as named stages and one loop.
 
     cnnbench train model=alexnet_cifar dataset=cifar10 transforms=cifar epochs=10
+
+`train(cfg, out_dir)` reads top to bottom: build the data (splits, pipelines), the model, the
+loaders and the training step; restore the train state when resuming; then per epoch train,
+validate, record the metrics and keep the best weights by validation loss; finally test the
+best weights. `cnnbench eval`, `predict`, `summary` and the scripts reuse the same stages.
 
 Hydra composes the config from configs/ (schemas in config.py) and gives the run its own
 directory; everything this run produces is written there. Under torchrun the same recipe runs
@@ -10,10 +15,12 @@ in every process with DistributedDataParallel (distributed.py); rank 0 writes th
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,27 +28,20 @@ from omegaconf import DictConfig
 from torch import nn
 
 from . import distributed, interrupt
-from .checkpoint import (
-    atomic_write_text,
-    load_checkpoint,
-    restore_training_state,
-    rng_state,
-    save_checkpoint,
-    unwrap,
-)
-from .config import check_values, register_configs
-from .data import TensorLoader, build_transforms, load_dataset
+from .checkpoint import TrainState, atomic_write_text, load_checkpoint, save_checkpoint, unwrap
+from .config import Precision, check_values, eval_batch_size, register_configs
+from .data import BatchTransform, DataSplits, TensorLoader, build_transforms, load_dataset
 from .device import Workload, autocast_for, grad_scaler_for, resolve_device, resolve_precision
-from .engine import evaluate, train_one_epoch
+from .distributed import Distributed
+from .engine import EpochResult, Meter, Progress, StopPoll, TrainStep, evaluate, train_one_epoch
+from .errors import CnnbenchError
 from .loggers import NullLogger, open_logger
 from .metrics import write_json, write_metrics_csv
 from .models import apply_weights, check_input_size, count_params, create_model
 from .models.summary import summary_table
 from .optim import build_optimizer, build_scheduler, is_per_step, retarget_scheduler
-from .plots import refresh_curves
-from .sweep import (
-    parallel_jobs,
-)
+from .plots import CurvesWriter
+from .sweep import parallel_jobs
 
 log = logging.getLogger("cnnbench")
 register_configs()
@@ -53,263 +53,366 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: DictConfig, out_dir: Path) -> dict:
-    """Run the recipe `cfg` and write its artifacts to `out_dir`; returns results.json's data."""
-    wall_start = time.perf_counter()
-    check_values(cfg)
-    ddp = distributed.current()  # rank 0 of 1 unless launched by torchrun
-    main_rank = ddp.is_main  # the one process that prints and writes
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device, parallel_jobs())
-    seed_everything(cfg.seed + ddp.rank)  # dropout differs per rank; DDP syncs the weights
-    progress = cfg.progress and main_rank
+# ---- stages
 
-    # ---- data: uint8 tensors (in memory, or streamed from a big folder), normalized with the
-    # train split's statistics
+
+@dataclass
+class Data:
+    """The splits and the two pipelines of a run, and what the model must fit."""
+
+    splits: DataSplits
+    train_tf: BatchTransform
+    eval_tf: BatchTransform
+    input_size: tuple[int, int, int]  # C, H, W as the model sees them (after the transforms)
+    num_classes: int  # the model's head: model.num_classes, else the data's classes
+
+
+def build_data(cfg: Any, ddp: Distributed | None = None, progress: bool = True) -> Data:
+    """Load and split the dataset (uint8, in memory or streamed) and build its pipelines,
+    normalized with the train split's statistics; eval never augments."""
+    ddp = ddp or Distributed()
     with ddp.main_first():  # rank 0 fills the decode cache, the others read it
-        data = load_dataset(
+        splits = load_dataset(
             cfg.dataset, cfg.transforms, num_workers=cfg.num_workers, progress=progress
         )
-    if data.skipped and main_rank:  # broken files found by the scan: listed with the run
-        atomic_write_text(out_dir / "skipped_files.txt", data.skipped_text())
-    train_tf, eval_tf = build_transforms(cfg.transforms, data.train_stats, data.input_size[0])
-    channels = data.input_size[0]
-    input_size = (channels, *train_tf.output_size(*data.input_size[1:]))
-    log.info(
-        f"dataset {cfg.dataset.name}: {len(data.train)} train / {len(data.val)} val / "
-        f"{len(data.test)} test images, {data.num_classes} classes, model input "
-        f"{'x'.join(map(str, input_size))}"
-    )
+    channels, height, width = splits.input_size
+    train_tf, eval_tf = build_transforms(cfg.transforms, splits.train_stats, channels)
+    input_size = (channels, *train_tf.output_size(height, width))
+    return Data(splits, train_tf, eval_tf, input_size, cfg.model.num_classes or splits.num_classes)
 
-    # ---- model: logits out; summary on the chosen device, at the real input size
-    num_classes = cfg.model.num_classes or data.num_classes
-    model = create_model(cfg.model.name, num_classes, cfg.model.in_channels or channels).to(device)
+
+def build_model(
+    cfg: Any, input_size: tuple[int, int, int], num_classes: int, device: torch.device
+) -> nn.Module:
+    """`cfg.model` for `input_size` (C, H, W) images and `num_classes` on `device`: checked at
+    that size, weights loaded (model.weights, model.freeze_features); it returns logits."""
+    channels = cfg.model.in_channels or input_size[0]
+    model = create_model(cfg.model.name, num_classes, channels).to(device)
     check_input_size(cfg.model.name, model, input_size, device)
     apply_weights(model, cfg.model)  # model.weights=PATH (local file), model.freeze_features
-    if main_rank:
-        table = summary_table(model, input_size, device)
-        print(table, flush=True)
-        atomic_write_text(out_dir / "summary.txt", table)
-    params = count_params(model)
     if cfg.device.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # auto: bf16 only where the hardware has it and (CPU) it measures faster on this model;
-    # under DDP rank 0 decides for all.
-    workload = Workload(cfg.model.name, input_size, cfg.batch_size, len(data.train) * cfg.epochs)
-    precision = ddp.broadcast_object(
-        resolve_precision(cfg.device, device, model, workload) if main_rank else None
-    )
-    # DDP: gradients averaged over the ranks in backward(); it starts from rank 0's weights.
-    # Evaluation runs on the plain model (each rank on its part of the split).
-    train_net: nn.Module = model
-    if ddp.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        train_net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    net = torch.compile(train_net) if cfg.device.compile else train_net
-    eval_net = net
-    if ddp.enabled:
-        eval_net = torch.compile(model) if cfg.device.compile else model
+    return model
 
-    # ---- optimization
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    eval_loss_fn = nn.CrossEntropyLoss()
-    autocast = autocast_for(precision, device)
-    scaler = grad_scaler_for(precision, device)
 
-    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
-    loader_args = dict(
-        device=device,
+def eval_loader(
+    cfg: Any, split: Any, transform: BatchTransform, device: torch.device, ddp: Distributed
+) -> TensorLoader:
+    """Batches of `split` for evaluation, in order (each DDP rank takes its part)."""
+    return TensorLoader(
+        split,
+        eval_batch_size(cfg),
+        transform,
+        device,
+        shuffle=False,
         channels_last=cfg.device.channels_last,
         rank=ddp.rank,
         world_size=ddp.world_size,
     )
-    train_loader = TensorLoader(
-        data.train, cfg.batch_size, train_tf, shuffle=True, seed=cfg.seed, **loader_args
+
+
+@dataclass
+class Loaders:
+    train: TensorLoader
+    val: TensorLoader
+    test: TensorLoader
+
+
+def build_loaders(cfg: Any, data: Data, device: torch.device, ddp: Distributed) -> Loaders:
+    """Train batches shuffled and augmented per (seed, epoch); val and test in order."""
+    train = TensorLoader(
+        data.splits.train,
+        cfg.batch_size,
+        data.train_tf,
+        device,
+        shuffle=True,
+        seed=cfg.seed,
+        channels_last=cfg.device.channels_last,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
     )
-    val_loader = TensorLoader(data.val, eval_bs, eval_tf, shuffle=False, **loader_args)
-    test_loader = TensorLoader(data.test, eval_bs, eval_tf, shuffle=False, **loader_args)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, len(train_loader))
-    step_scheduler = scheduler if is_per_step(scheduler) else None  # onecycle: every batch
-    batch_text = f"batch {cfg.batch_size}"
-    if ddp.enabled:
-        batch_text = (
-            f"DDP over {ddp.world_size} processes: batch {cfg.batch_size} per process, "
-            f"{cfg.batch_size * ddp.world_size} effective"
+    val = eval_loader(cfg, data.splits.val, data.eval_tf, device, ddp)
+    return Loaders(train, val, eval_loader(cfg, data.splits.test, data.eval_tf, device, ddp))
+
+
+def choose_precision(
+    cfg: Any, device: torch.device, model: nn.Module, data: Data, ddp: Distributed
+) -> Precision:
+    """device.precision; auto: bf16 only where the hardware has it and (CPU) it measures
+    faster on this model. Under DDP rank 0 decides for all."""
+    images = len(data.splits.train) * cfg.epochs
+    workload = Workload(cfg.model.name, data.input_size, cfg.batch_size, images)
+    chosen = resolve_precision(cfg.device, device, model, workload) if ddp.is_main else None
+    return ddp.broadcast_object(chosen)
+
+
+def wrap_model(
+    model: nn.Module, cfg: Any, device: torch.device, ddp: Distributed
+) -> tuple[nn.Module, nn.Module]:
+    """(module to train, module to evaluate): DDP averages the gradients over the ranks in
+    backward() and starts from rank 0's weights; evaluation runs on the plain model (each
+    rank on its part of the split); device.compile wraps both in torch.compile."""
+    compile_ = torch.compile if cfg.device.compile else (lambda m: m)
+    if not ddp.enabled:
+        net = compile_(model)
+        return net, net
+    ids = [device.index] if device.type == "cuda" else None
+    return compile_(nn.parallel.DistributedDataParallel(model, device_ids=ids)), compile_(model)
+
+
+def build_training(
+    cfg: Any, model: nn.Module, precision: Precision, device: torch.device, steps_per_epoch: int
+) -> TrainState:
+    """Optimizer, schedule and grad scaler, in a fresh train state (epoch 0)."""
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch)
+    scaler = grad_scaler_for(precision, device)
+    return TrainState(model, optimizer, scheduler, scaler, model_name=cfg.model.name)
+
+
+def train_step(cfg: Any, state: TrainState, precision: Precision, device: torch.device):
+    """The optimization step: loss (with label smoothing), autocast, scaler, per-step lr."""
+    per_step = state.scheduler if is_per_step(state.scheduler) else None  # onecycle
+    return TrainStep(
+        state.optimizer,
+        nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        autocast_for(precision, device),
+        state.scaler,
+        per_step,
+    )
+
+
+def resume(state: TrainState, cfg: Any, out_dir: Path, loader: TensorLoader, world: int) -> None:
+    """Continue from out_dir/last.pt; `resume=DIR epochs=N` re-aims the schedule at epoch N."""
+    state.load(out_dir / "last.pt")
+    retargeted = retarget_scheduler(state.scheduler, cfg.epochs, len(loader))
+    stopped, epoch = state.partial, state.epoch + 1
+    if stopped is not None and stopped.get("world", 1) != world:
+        log.warning(
+            f"last.pt was saved {stopped['step']} steps into epoch {epoch} by "
+            f"{stopped.get('world', 1)} process(es); with {world} the batches "
+            "differ, so that epoch starts over (from the weights saved mid-epoch)"
+        )
+        state.partial = stopped = None
+    if stopped is not None and loader.images_before(stopped["step"]) * world != stopped["seen"]:
+        raise CnnbenchError(
+            f"last.pt was saved {stopped['step']} steps ({stopped['seen']} images) into epoch "
+            f"{epoch}, but the first {stopped['step']} steps of this run hold "
+            f"{loader.images_before(stopped['step']) * world} images: resume with the "
+            "batch_size and dataset the run was started with"
         )
     log.info(
-        f"training {cfg.model.name} ({params:,} params) on {device} ({precision.value}, "
-        f"{torch.get_num_threads()} threads) for {cfg.epochs} epochs, {batch_text}"
+        f"resuming {out_dir} after epoch {state.epoch}"
+        + (f" and {stopped['step']} steps of epoch {epoch}" if stopped else "")
+        + f" (best val_loss {state.best_val_loss:.5f})"
     )
+    if retargeted:
+        log.warning(retargeted)
 
-    # ---- the loop: train, validate, keep the best weights by validation loss
-    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
-    best_val_loss, best_epoch, start_epoch = math.inf, 0, 1
-    rows: list[dict] = []
-    partial = None  # the state of an epoch stopped mid-way (Ctrl-C), to continue from
 
-    def last_state(epochs_done: int, mid_epoch: dict | None = None) -> dict:
-        """last.pt: all it takes to continue after `epochs_done` epochs (+ `mid_epoch` steps)."""
-        return {
-            "model": unwrap(model).state_dict(),
-            "model_name": cfg.model.name,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": epochs_done,
-            "partial": mid_epoch,
-            "best_val_loss": best_val_loss,
-            "best_epoch": best_epoch,
-            "metrics": rows,
-            "rng": rng_state(),
-        }
+# ---- one epoch, and what is kept of it
 
+
+def run_epoch(
+    net: nn.Module,
+    loader: TensorLoader,
+    step: TrainStep,
+    state: TrainState,
+    cfg: Any,
+    ddp: Distributed,
+    desc: str,
+) -> tuple[EpochResult, int | None]:
+    """Train epoch state.epoch + 1 (from where a stopped one ended); (result, the step it
+    stopped after on Ctrl-C, else None)."""
+    epoch, stopped = state.epoch + 1, state.partial
+    first = stopped["step"] if stopped else 0
+    loader.set_epoch(epoch, start_step=first)
+    meter = Meter(next(net.parameters()).device, ddp)
+    if stopped:
+        meter.load_state_dict(stopped)
+    batches = StopPoll(loader, interrupt.requested, ddp, cfg.log_interval, first_step=first)
+    progress = Progress(
+        len(loader),
+        desc,
+        enabled=cfg.progress and ddp.is_main,
+        log_interval=cfg.log_interval,
+        initial=first,
+        what=f"epoch {epoch}",
+    )
+    result = train_one_epoch(net, batches, step, meter, progress)
+    if batches.stopped_at is None:
+        return result, None
+    state.partial = dict(step=batches.stopped_at, world=ddp.world_size, **meter.state_dict())
+    return result, batches.stopped_at
+
+
+def best_checkpoint(model: nn.Module, cfg: Any, data: Data, epoch: int, val_loss: float) -> dict:
+    """best.pt: the weights and all `cnnbench eval`, `predict` and `export` need with them."""
+    return {
+        "model": unwrap(model).state_dict(),
+        "model_name": cfg.model.name,
+        "num_classes": data.num_classes,
+        "input_size": list(data.input_size),
+        "classes": data.splits.classes,
+        "mean": data.eval_tf.mean,  # normalization, for `cnnbench predict`
+        "std": data.eval_tf.std,
+        "epoch": epoch,
+        "val_loss": val_loss,
+    }
+
+
+def record_epoch(state: TrainState, row: dict, cfg: Any, out_dir: Path, writers: tuple) -> None:
+    """The epoch's row into the state, metrics.csv, curves.png and the logger (rank 0)."""
+    state.metrics.append(row)
+    curves, logger = writers
+    if curves is not None:
+        write_metrics_csv(out_dir / "metrics.csv", state.metrics)
+        curves.refresh(state.metrics, final=row["epoch"] == cfg.epochs)
+    logger.log(row)
+
+
+def improved(state: TrainState, val_loss: float, epoch: int) -> bool:
+    """True (and recorded) when this epoch's validation loss is the best so far."""
+    if val_loss >= state.best_val_loss:
+        return False
+    log.info(
+        f"[INFO] val_loss has been improved from {state.best_val_loss:.5f} to {val_loss:.5f}. "
+        "Saving Model!"
+    )
+    state.best_val_loss, state.best_epoch = val_loss, epoch
+    return True
+
+
+def eta(rows: list[dict], epoch: int, epochs: int) -> str:
+    """'epoch 3/20, ~1:05 left' from the mean time of the epochs so far."""
+    text = f"epoch {epoch}/{epochs}"
+    if not rows:
+        return text
+    left = sum(r["seconds"] for r in rows) / len(rows) * (epochs - epoch + 1)
+    return f"{text}, ~{int(left // 60)}:{int(left % 60):02d} left"
+
+
+# ---- the recipe
+
+
+def train(cfg: DictConfig, out_dir: Path) -> dict:
+    """Run the recipe `cfg` and write its artifacts to `out_dir`; returns results.json's data."""
+    wall_start = time.perf_counter()
+    check_values(cfg)
+    ddp = distributed.from_env()  # rank 0 of 1 unless launched by torchrun
+    main = ddp.is_main  # the one process that prints and writes
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device, ddp, parallel_jobs())
+    seed_everything(cfg.seed + ddp.rank)  # dropout differs per rank; DDP syncs the weights
+
+    data = build_data(cfg, ddp, progress=cfg.progress and main)
+    splits = data.splits
+    if splits.skipped and main:  # broken files found by the scan: listed with the run
+        atomic_write_text(out_dir / "skipped_files.txt", splits.skipped_text())
+    log.info(
+        f"dataset {cfg.dataset.name}: {len(splits.train)} train / {len(splits.val)} val / "
+        f"{len(splits.test)} test images, {splits.num_classes} classes, model input "
+        f"{'x'.join(map(str, data.input_size))}"
+    )
+    model = build_model(cfg, data.input_size, data.num_classes, device)
+    if main:
+        table = summary_table(model, data.input_size, device)
+        print(table, flush=True)
+        atomic_write_text(out_dir / "summary.txt", table)
+    precision = choose_precision(cfg, device, model, data, ddp)
+    net, eval_net = wrap_model(model, cfg, device, ddp)
+    loaders = build_loaders(cfg, data, device, ddp)
+    state = build_training(cfg, model, precision, device, len(loaders.train))
+    step = train_step(cfg, state, precision, device)
+    log_training_line(cfg, model, device, precision, ddp)
     if cfg.resume:  # continue from last.pt: weights, optimizer, scheduler, RNG, history
-        state = load_checkpoint(last_path)
-        restore_training_state(state, model, optimizer, scheduler, scaler, last_path)
-        # resume=DIR epochs=N with N other than the run's: the schedule ends at the new end
-        retargeted = retarget_scheduler(scheduler, cfg.epochs, len(train_loader))
-        start_epoch, partial = state["epoch"] + 1, state.get("partial")
-        if partial is not None and partial.get("world", 1) != ddp.world_size:
-            log.warning(
-                f"last.pt was saved {partial['step']} steps into epoch {start_epoch} by "
-                f"{partial.get('world', 1)} process(es); with {ddp.world_size} the batches "
-                "differ, so that epoch starts over (from the weights saved mid-epoch)"
-            )
-            partial = None
-        best_val_loss, best_epoch, rows = (
-            state["best_val_loss"],
-            state["best_epoch"],
-            state["metrics"],
-        )
-        log.info(
-            f"resuming {out_dir} after epoch {state['epoch']}"
-            + (f" and {partial['step']} steps of epoch {start_epoch}" if partial else "")
-            + f" (best val_loss {best_val_loss:.5f})"
-        )
-        if retargeted:
-            log.warning(retargeted)
-    train_images, train_seconds = 0, 0.0
-    interrupt.set_quiet(not main_rank)
+        resume(state, cfg, out_dir, loaders.train, ddp.world_size)
+
+    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
+    show = cfg.progress and main
+    validate = partial(evaluate, eval_net, autocast=step.autocast, progress=show, dist=ddp)
+    logger = open_logger(cfg.logger, out_dir) if main else NullLogger()  # logger=tensorboard
+    writers = (CurvesWriter(out_dir / "curves.png") if main else None, logger)
+    throughput = [0, 0.0]  # images trained, seconds
+    interrupt.set_quiet(not main)
     interrupt.arm()  # Ctrl-C/SIGTERM from here on: finish the step, save last.pt, exit
-    # logger=tensorboard: RUN_DIR/tb
-    metric_logger = open_logger(cfg.logger, out_dir) if main_rank else NullLogger()
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
         epoch_start = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_loader.set_epoch(epoch)
-        tr = train_one_epoch(
-            net,
-            train_loader,
-            optimizer,
-            loss_fn,
-            epoch=epoch,
-            autocast=autocast,
-            scaler=scaler,
-            step_scheduler=step_scheduler,
-            log_interval=cfg.log_interval,
-            progress=progress,
-            stop=interrupt.requested,
-            resume_from=partial,
-            dist=ddp,
-        )
-        partial = None
-        if tr.partial is not None:  # stopped mid-epoch: save this point and exit
-            if main_rank:
-                save_checkpoint(last_state(epoch - 1, tr.partial), last_path)
+        lr = state.optimizer.param_groups[0]["lr"]
+        desc = f"[Training] {eta(state.metrics, epoch, cfg.epochs)}"
+        tr, stopped_at = run_epoch(net, loaders.train, step, state, cfg, ddp, desc)
+        if stopped_at is not None:  # stopped mid-epoch: save this point and exit
+            if main:
+                state.save(last_path)
             ddp.barrier()  # no rank exits (and gets the others killed) before it is saved
-            interrupt.exit_for_resume(out_dir, f"in epoch {epoch} after step {tr.partial['step']}")
-        train_images += tr.images
-        train_seconds += tr.seconds
-        va = evaluate(
-            eval_net, val_loader, eval_loss_fn, autocast=autocast, progress=progress, dist=ddp
-        )
-        if scheduler is not None and step_scheduler is None:
-            scheduler.step()
-        rows.append(
-            dict(
-                epoch=epoch,
-                train_loss=tr.loss,
-                train_acc=tr.top1,
-                val_loss=va.loss,
-                val_acc=va.top1,
-                lr=lr,
-                seconds=time.perf_counter() - epoch_start,
-            )
-        )
-        if main_rank:
-            write_metrics_csv(out_dir / "metrics.csv", rows)
-            refresh_curves(out_dir / "curves.png", rows, final=epoch == cfg.epochs)
-        metric_logger.log(rows[-1])
+            interrupt.exit_for_resume(out_dir, f"in epoch {epoch} after step {stopped_at}")
+        state.partial = None
+        throughput = [throughput[0] + tr.images, throughput[1] + tr.seconds]
+        va = validate(loaders.val)
+        if state.scheduler is not None and step.scheduler is None:
+            state.scheduler.step()  # per-epoch schedules
+        row = dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.top1, val_loss=va.loss)
+        row.update(val_acc=va.top1, lr=lr, seconds=time.perf_counter() - epoch_start)
+        record_epoch(state, row, cfg, out_dir, writers)
         log.info(
-            f"epoch {epoch}/{cfg.epochs}  [Training] loss: {tr.loss:.5f}, accuracy: {tr.top1:.5f}  "
-            f"[Validation] loss: {va.loss:.5f}, accuracy: {va.top1:.5f}  "
+            f"epoch {epoch}/{cfg.epochs}  [Training] loss: {tr.loss:.5f}, accuracy: {tr.top1:.5f}"
+            f"  [Validation] loss: {va.loss:.5f}, accuracy: {va.top1:.5f}  "
             f"({tr.images / tr.seconds:,.0f} img/s)"
         )
-        if va.loss < best_val_loss:
-            log.info(
-                f"[INFO] val_loss has been improved from {best_val_loss:.5f} to {va.loss:.5f}. "
-                "Saving Model!"
-            )
-            best_val_loss, best_epoch = va.loss, epoch
-            if main_rank:
-                save_checkpoint(
-                    {
-                        "model": unwrap(model).state_dict(),
-                        "model_name": cfg.model.name,
-                        "num_classes": num_classes,
-                        "input_size": list(input_size),
-                        "classes": data.classes,
-                        "mean": eval_tf.mean,  # normalization, for `cnnbench predict`
-                        "std": eval_tf.std,
-                        "epoch": epoch,
-                        "val_loss": va.loss,
-                    },
-                    best_path,
-                )
-        if main_rank:
-            save_checkpoint(last_state(epoch), last_path)
+        if improved(state, va.loss, epoch) and main:
+            save_checkpoint(best_checkpoint(model, cfg, data, epoch, va.loss), best_path)
+        state.epoch = epoch
+        if main:
+            state.save(last_path)
         if ddp.any(interrupt.requested()):
             ddp.barrier()
             interrupt.exit_for_resume(out_dir, f"after epoch {epoch}")
     interrupt.disarm()
-    metric_logger.close()
+    logger.close()
 
     # ---- test: reload the best weights, evaluate with the eval transform
-    if main_rank:
+    if main:
         model.load_state_dict(load_checkpoint(best_path)["model"])
     ddp.broadcast_state(model)  # DDP: rank 0's best.pt, without a shared file system
-    te = evaluate(
-        eval_net,
-        test_loader,
-        eval_loss_fn,
-        autocast=autocast,
-        progress=progress,
-        desc="[Test]",
-        dist=ddp,
-    )
+    te = validate(loaders.test, desc="[Test]")
+    images, seconds = throughput
     results = dict(
         test_loss=te.loss,
         test_top1=te.top1,
         test_top5=te.top5,
-        best_epoch=best_epoch,
-        best_val_loss=best_val_loss,
+        best_epoch=state.best_epoch,
+        best_val_loss=state.best_val_loss,
         epochs=cfg.epochs,
         wall_seconds=time.perf_counter() - wall_start,
-        train_images_per_sec=train_images / train_seconds if train_seconds > 0 else 0.0,
-        params=params,
+        train_images_per_sec=images / seconds if seconds > 0 else 0.0,
+        params=count_params(model),
         model=cfg.model.name,
         dataset=cfg.dataset.name,
         device=str(device),
         precision=precision.value,
         world_size=ddp.world_size,
         effective_batch_size=cfg.batch_size * ddp.world_size,
-        classes=data.classes,
+        classes=splits.classes,
     )
-    if main_rank:
+    if main:
         write_json(out_dir / "results.json", results)
     log.info(
-        f"test (best epoch {best_epoch}): loss {te.loss:.4f}, top-1 {te.top1:.4f}, "
+        f"test (best epoch {state.best_epoch}): loss {te.loss:.4f}, top-1 {te.top1:.4f}, "
         f"top-5 {te.top5:.4f}; run dir: {out_dir}"
     )
     return results
+
+
+def log_training_line(
+    cfg: Any, model: nn.Module, device: torch.device, precision: Precision, ddp: Distributed
+) -> None:
+    batch = f"batch {cfg.batch_size}"
+    if ddp.enabled:
+        batch = (
+            f"DDP over {ddp.world_size} processes: batch {cfg.batch_size} per process, "
+            f"{cfg.batch_size * ddp.world_size} effective"
+        )
+    log.info(
+        f"training {cfg.model.name} ({count_params(model):,} params) on {device} "
+        f"({precision.value}, {torch.get_num_threads()} threads) for {cfg.epochs} epochs, {batch}"
+    )

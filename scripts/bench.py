@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 from imagecache import find_split, load_image_folder  # also puts the checkout on sys.path
 from torch import nn
 
-from cnnbench.config import Normalize, OptimizerConfig, Precision, TransformsConfig  # noqa: E402
+from cnnbench.config import OPTIMIZERS, Normalize, Precision, TransformsConfig  # noqa: E402
 from cnnbench.data import ImageTensors, TensorLoader, build_transforms, channel_stats  # noqa: E402
 from cnnbench.device import (  # noqa: E402
     Workload,
@@ -47,7 +48,7 @@ from cnnbench.device import (  # noqa: E402
     cpu_has_native_bf16,
     resolve_precision,
 )
-from cnnbench.engine import train_one_epoch  # noqa: E402
+from cnnbench.engine import TrainStep, train_one_epoch  # noqa: E402
 from cnnbench.models import count_params, create_model, get_model_info  # noqa: E402
 from cnnbench.optim import build_optimizer  # noqa: E402
 from cnnbench.perf import StepTimer, train_flops_per_image  # noqa: E402
@@ -98,7 +99,8 @@ def seed_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
 
 def cnnbench_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
     lr = 1e-3 if name == "adam" else 0.01
-    return build_optimizer(OptimizerConfig(name=name, lr=lr), model.parameters())
+    ocfg = replace(OPTIMIZERS[name], lr=lr, weight_decay=0.0)  # as the seed-style loop
+    return build_optimizer(ocfg, model.parameters())
 
 
 def seed_style(model, root: Path, size: int, batch: int, images: int, *, stats, augment, opt):
@@ -151,9 +153,7 @@ def engine(net, model, data: ImageTensors, train_tf, batch, images, *, autocast,
     )
     optimizer = cnnbench_optimizer(opt, model)
     cpu_start = time.process_time()
-    result = train_one_epoch(
-        net, loader, optimizer, nn.CrossEntropyLoss(), autocast=autocast, progress=False
-    )
+    result = train_one_epoch(net, loader, TrainStep(optimizer, nn.CrossEntropyLoss(), autocast))
     return Rate(result.images / result.seconds, result.images / (time.process_time() - cpu_start))
 
 

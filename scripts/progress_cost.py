@@ -27,7 +27,7 @@ from torch import nn
 from cnnbench.data import ImageTensors, TensorLoader  # noqa: E402
 from cnnbench.data.transforms import BatchTransform  # noqa: E402
 from cnnbench.device import cpu_count  # noqa: E402
-from cnnbench.engine import evaluate, train_one_epoch  # noqa: E402
+from cnnbench.engine import Progress, TrainStep, evaluate, train_one_epoch  # noqa: E402
 from cnnbench.models import create_model  # noqa: E402
 
 
@@ -44,14 +44,8 @@ def epoch(model, train, test, optimizer, progress: bool, log_interval: int):
     sys.stderr = sink if progress else real
     try:
         start, cpu_start = time.perf_counter(), time.process_time()
-        train_one_epoch(
-            model,
-            train,
-            optimizer,
-            nn.CrossEntropyLoss(),
-            progress=progress,
-            log_interval=log_interval,
-        )
+        bar = Progress(len(train), "[Training]", enabled=progress, log_interval=log_interval)
+        train_one_epoch(model, train, TrainStep(optimizer, nn.CrossEntropyLoss()), progress=bar)
         evaluate(model, test, progress=progress)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         return wall, cpu, len(sink.getvalue())

@@ -5,8 +5,8 @@
     python scripts/time_to_accuracy.py epochs=10 optimizer.lr=0.2    # recipe overrides
 
 The config is composed exactly as `cnnbench train recipe=fast ...` would compose it; the run
-then goes through cnnbench's public functions (create_model, build_transforms, TensorLoader,
-train_one_epoch, evaluate, build_optimizer/build_scheduler, resolve_precision). Like airbench,
+then goes through the recipe's own stages (cnnbench/train.py: build_model, choose_precision,
+build_loaders, build_training, run_epoch) on the JPEG folder's splits. Like airbench,
 it trains on all 50,000 training images and evaluates the 10,000 test images after every
 epoch; "time" is the training time up to the first epoch whose test accuracy reaches the
 target (evaluation, data decoding and the precision probe are reported separately).
@@ -29,20 +29,24 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 from imagecache import cache_dir, load_image_folder  # also puts the checkout on sys.path
-from torch import nn
 
 from cnnbench.config import compose_checked  # noqa: E402
-from cnnbench.data import TensorLoader, build_transforms, channel_stats  # noqa: E402
-from cnnbench.device import (  # noqa: E402
-    Workload,
-    autocast_for,
-    grad_scaler_for,
-    resolve_device,
-    resolve_precision,
+from cnnbench.data import DataSplits, build_transforms, channel_stats  # noqa: E402
+from cnnbench.device import resolve_device  # noqa: E402
+from cnnbench.distributed import Distributed  # noqa: E402
+from cnnbench.engine import evaluate  # noqa: E402
+from cnnbench.models import count_params  # noqa: E402
+from cnnbench.train import (  # noqa: E402
+    Data,
+    build_loaders,
+    build_model,
+    build_training,
+    choose_precision,
+    run_epoch,
+    seed_everything,
+    train_step,
+    wrap_model,
 )
-from cnnbench.engine import evaluate, train_one_epoch  # noqa: E402
-from cnnbench.models import count_params, create_model  # noqa: E402
-from cnnbench.optim import build_optimizer, build_scheduler, is_per_step  # noqa: E402
 
 SHARED_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -75,36 +79,28 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     cfg = compose_checked([f"recipe={args.recipe}", *args.overrides])
+    ddp = Distributed()
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     root = cifar_root(args.data, args.tar)
     start = time.perf_counter()
     train, classes = load_image_folder(root / "train")
     test, _ = load_image_folder(root / "test")
     load_seconds = time.perf_counter() - start
 
+    # The recipe's own stages, on these splits: all 50,000 training images, the test set
+    # evaluated after every epoch (as airbench does).
     train_tf, eval_tf = build_transforms(cfg.transforms, channel_stats(train.images), 3)
-    model = create_model(cfg.model.name, len(classes), 3).to(device)
-    if cfg.device.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    splits = DataSplits(train=train, val=test, test=test, classes=classes)
+    data = Data(splits, train_tf, eval_tf, (3, *train_tf.output_size(32, 32)), len(classes))
+    model = build_model(cfg, data.input_size, data.num_classes, device)
     start = time.perf_counter()
-    workload = Workload(cfg.model.name, (3, 32, 32), cfg.batch_size, len(train) * cfg.epochs)
-    precision = resolve_precision(cfg.device, device, model, workload)
+    precision = choose_precision(cfg, device, model, data, ddp)
     probe_seconds = time.perf_counter() - start
-    net = torch.compile(model) if cfg.device.compile else model
-
-    loader_args = dict(device=device, channels_last=cfg.device.channels_last)
-    train_loader = TensorLoader(
-        train, cfg.batch_size, train_tf, shuffle=True, seed=cfg.seed, **loader_args
-    )
-    test_loader = TensorLoader(
-        test, cfg.eval_batch_size or 2 * cfg.batch_size, eval_tf, shuffle=False, **loader_args
-    )
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, len(train_loader))
-    step_scheduler = scheduler if is_per_step(scheduler) else None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    autocast, scaler = autocast_for(precision, device), grad_scaler_for(precision, device)
+    net, _ = wrap_model(model, cfg, device, ddp)
+    loaders = build_loaders(cfg, data, device, ddp)
+    state = build_training(cfg, model, precision, device, len(loaders.train))
+    step = train_step(cfg, state, precision, device)
     print(
         f"{cfg.model.name} ({count_params(model):,} params), {len(train)} train / {len(test)} "
         f"test images, {cfg.epochs} epochs, batch {cfg.batch_size}, {precision.value}, "
@@ -116,25 +112,16 @@ def main() -> None:
     rows, train_seconds, train_cpu, reached = [], 0.0, 0.0, None
     cpu_start = time.process_time()
     for epoch in range(1, cfg.epochs + 1):
-        train_loader.set_epoch(epoch)
         epoch_cpu = time.process_time()
-        tr = train_one_epoch(
-            net,
-            train_loader,
-            optimizer,
-            loss_fn,
-            epoch=epoch,
-            autocast=autocast,
-            scaler=scaler,
-            step_scheduler=step_scheduler,
-            log_interval=cfg.log_interval,
-            progress=cfg.progress,
-        )
-        if scheduler is not None and step_scheduler is None:
-            scheduler.step()
+        tr, _ = run_epoch(net, loaders.train, step, state, cfg, ddp, f"[Training] epoch {epoch}")
+        state.epoch = epoch
+        if state.scheduler is not None and step.scheduler is None:
+            state.scheduler.step()
         train_seconds += tr.seconds
         train_cpu += time.process_time() - epoch_cpu
-        te = evaluate(net, test_loader, autocast=autocast, progress=cfg.progress, desc="[Test]")
+        te = evaluate(
+            net, loaders.test, autocast=step.autocast, progress=cfg.progress, desc="[Test]"
+        )
         rows.append(
             dict(
                 epoch=epoch,

@@ -37,25 +37,27 @@ from cnnbench.cli import main
 # in the process of DDP rank `rank` (0 without torchrun).
 SIGNAL_AT_STEP = """
 AT_EPOCH, AT_STEP, SIGNUM, RANK = {at_epoch}, {at_step}, {signum}, {rank}
-_train_one_epoch = t.train_one_epoch
+_run_epoch = t.run_epoch
 
 class SignalAt:
     def __init__(self, loader):
         self.loader = loader
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
     def __len__(self):
         return len(self.loader)
     def __iter__(self):
-        for step, batch in enumerate(self.loader, 1):
+        for step, batch in enumerate(self.loader, self.loader.start_step + 1):
             if step == AT_STEP:
                 os.kill(os.getpid(), SIGNUM)
             yield batch
 
-def train_one_epoch(model, loader, *args, epoch, **kwargs):
-    if epoch == AT_EPOCH and int(os.environ.get("RANK", "0")) == RANK:
+def run_epoch(net, loader, step, state, *args):
+    if state.epoch + 1 == AT_EPOCH and int(os.environ.get("RANK", "0")) == RANK:
         loader = SignalAt(loader)
-    return _train_one_epoch(model, loader, *args, epoch=epoch, **kwargs)
+    return _run_epoch(net, loader, step, state, *args)
 
-t.train_one_epoch = train_one_epoch
+t.run_epoch = run_epoch
 """
 
 

@@ -49,7 +49,7 @@ def test_best_pt_stores_the_normalization_of_the_train_split(run):
     from cnnbench.runs import compose_saved
 
     best = torch.load(run / "best.pt", weights_only=True)
-    _, eval_tf = rebuild_data(compose_saved(run))  # train-split statistics, recomputed
+    eval_tf = rebuild_data(compose_saved(run)).eval_tf  # train-split statistics, recomputed
     assert best["mean"] == pytest.approx(eval_tf.mean) and best["std"] == pytest.approx(eval_tf.std)
     assert len(best["mean"]) == 3 and all(0.3 < m < 0.7 for m in best["mean"])  # uniform noise
     assert best["input_size"] == [3, 32, 32] and len(best["classes"]) == 10
@@ -128,7 +128,7 @@ def test_predict_files_and_folders(run, tmp_path):
     from cnnbench.data.transforms import BatchTransform
     from cnnbench.runs import compose_saved
 
-    data, _ = rebuild_data(compose_saved(run))
+    data = rebuild_data(compose_saved(run)).splits
     folder = tmp_path / "images" / "nested"
     folder.mkdir(parents=True)
     for i in range(3):

@@ -85,7 +85,7 @@ def test_ctrl_c_mid_epoch_saves_a_resumable_point_and_resume_matches(cli, tmp_pa
     # The loader must replay the same batches: another batch_size cannot continue mid-epoch.
     bad = cli(*command[1:], "batch_size=16", check=False)
     assert bad.returncode == 1
-    assert "last.pt was saved 4 steps (32 images) into this epoch" in bad.stderr
+    assert "last.pt was saved 4 steps (32 images) into epoch 2" in bad.stderr
     assert "resume with the batch_size and dataset the run was started with" in bad.stderr
 
     resumed = cli(*command[1:])  # exactly the printed command
@@ -136,7 +136,7 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_saved_files(tmp_path):
         SIGNAL_AT_STEP.format(at_epoch=2, at_step=3, signum=int(signal.SIGINT), rank=0)
         + """
 import cnnbench.checkpoint as ckpt
-_save = t.save_checkpoint
+_save = ckpt.save_checkpoint
 
 def save_checkpoint(obj, path):
     if obj.get("partial"):
@@ -147,7 +147,7 @@ def save_checkpoint(obj, path):
         return ckpt.atomic_write(path, write)
     return _save(obj, path)
 
-t.save_checkpoint = save_checkpoint
+ckpt.save_checkpoint = save_checkpoint  # what TrainState.save writes last.pt with
 """
     )
     proc = harness(tmp_path, code, "train", *RUN, "hydra.run.dir=run")
@@ -250,12 +250,12 @@ def test_sigkill_during_saves_never_leaves_a_torn_checkpoint(tmp_path):
 
 
 OOM_AT_EPOCH_2 = """
-_train_one_epoch = t.train_one_epoch
-def train_one_epoch(model, loader, *args, epoch, **kwargs):
-    if epoch == 2:
+_run_epoch = t.run_epoch
+def run_epoch(net, loader, step, state, *args):
+    if state.epoch + 1 == 2:
         {raise_oom}
-    return _train_one_epoch(model, loader, *args, epoch=epoch, **kwargs)
-t.train_one_epoch = train_one_epoch
+    return _run_epoch(net, loader, step, state, *args)
+t.run_epoch = run_epoch
 """
 
 

@@ -119,11 +119,12 @@ def test_checkpoints_are_atomic_and_loaded_safely(tmp_path):
 
 
 def test_nan_guard_message():
-    from cnnbench.engine import _check_finite
+    from cnnbench.engine import TrainStep
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    step = TrainStep(opt, torch.nn.CrossEntropyLoss())
     with pytest.raises(CnnbenchError, match=r"loss became nan at epoch 2, step 7 \(lr 0.5\)"):
-        _check_finite(math.nan, 2, 7, opt)
+        step.check_finite(math.nan, "at epoch 2, step 7")
 
 
 def test_training_epochs_drop_a_trailing_batch_of_one():

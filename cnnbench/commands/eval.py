@@ -18,20 +18,15 @@ import torch
 from torch import nn
 
 from ..checkpoint import atomic_write_text, load_checkpoint
-from ..data import (
-    BatchTransform,
-    DataSplits,
-    TensorLoader,
-    build_transforms,
-    load_dataset,
-)
 from ..device import autocast_for, resolve_device, resolve_precision
+from ..distributed import Distributed
 from ..engine import evaluate
 from ..errors import CnnbenchError, user_errors
 from ..metrics import write_json
 from ..models import create_model
 from ..plots import write_confusion_matrix
 from ..runs import compose_saved, split_override
+from ..train import Data, build_data, eval_loader
 
 SPLITS = ("test", "val")
 USAGE = """usage: cnnbench eval RUN_DIR [split=test|val] [overrides...] [--out DIR]
@@ -67,13 +62,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> nn.Modu
     return model.to(device).eval()
 
 
-def rebuild_data(cfg: Any) -> tuple[DataSplits, BatchTransform]:
-    """The splits and the eval transform exactly as train.py builds them from `cfg`."""
-    data = load_dataset(
-        cfg.dataset, cfg.transforms, num_workers=cfg.num_workers, progress=cfg.progress
-    )
-    _, eval_tf = build_transforms(cfg.transforms, data.train_stats, data.input_size[0])
-    return data, eval_tf
+def rebuild_data(cfg: Any) -> Data:
+    """The splits and pipelines exactly as `cnnbench train` built them from `cfg`."""
+    return build_data(cfg, progress=cfg.progress)
 
 
 def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, n: int) -> torch.Tensor:
@@ -114,26 +105,18 @@ def evaluate_run(
     precision = resolve_precision(cfg.device, device)
 
     # ---- data, exactly as train.py builds it: train-split statistics, eval transform
-    data, eval_tf = rebuild_data(cfg)
-    input_size = [data.input_size[0], *eval_tf.output_size(*data.input_size[1:])]
-    num_classes = cfg.model.num_classes or data.num_classes  # as train.py sizes the head
+    data = rebuild_data(cfg)
+    input_size, num_classes = list(data.input_size), data.num_classes
     if input_size != list(ckpt["input_size"]) or num_classes != ckpt["num_classes"]:
         raise CnnbenchError(
             f"the data ({'x'.join(map(str, input_size))} images, {num_classes} classes) "
             f"do not match best.pt ({'x'.join(map(str, ckpt['input_size']))}, "
             f"{ckpt['num_classes']} classes); drop the dataset/transforms overrides"
         )
-    classes = list(ckpt.get("classes") or data.classes)
+    classes = list(ckpt.get("classes") or data.splits.classes)
     classes += [str(i) for i in range(len(classes), num_classes)]  # a head wider than the data
-    images = getattr(data, split)
-    loader = TensorLoader(
-        images,
-        cfg.eval_batch_size or 2 * cfg.batch_size,
-        eval_tf,
-        device=device,
-        shuffle=False,
-        channels_last=cfg.device.channels_last,
-    )
+    images = getattr(data.splits, split)
+    loader = eval_loader(cfg, images, data.eval_tf, device, Distributed())
 
     # ---- model; a forward hook records each batch's top-1 class for the confusion matrix
     model = model_from_checkpoint(ckpt, device)

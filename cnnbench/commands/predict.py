@@ -86,7 +86,7 @@ def normalization(run_dir: Path, ckpt: dict[str, Any]) -> tuple[list, list]:
     if ckpt.get("mean") is not None and ckpt.get("std") is not None:
         return list(ckpt["mean"]), list(ckpt["std"])
     log.info("best.pt has no normalization statistics (an older run): recomputing them")
-    _, eval_tf = rebuild_data(compose_saved(run_dir))
+    eval_tf = rebuild_data(compose_saved(run_dir)).eval_tf
     return eval_tf.mean, eval_tf.std
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..config import compose_checked
 from ..errors import CnnbenchError, user_errors
 from ..runs import PRIMARY_NAME, primary_from_saved, saved_config, split_override
-from ..sweep import check_sweep, fix_sweep_dir, is_multirun, report_failures
+from ..sweep import Sweep, check_sweep, fix_sweep_dir, is_multirun, report_sweep
 
 USAGE = """usage: cnnbench rerun RUN_DIR [overrides...]
 
@@ -27,8 +27,9 @@ To continue the same run instead, use: cnnbench train resume=RUN_DIR
 """
 
 
-def hydra_args(run_dir: Path, overrides: list[str]) -> list[str]:
-    """Check `overrides` on the saved config; the arguments that make Hydra run it."""
+def hydra_args(run_dir: Path, overrides: list[str]) -> tuple[list[str], Sweep | None]:
+    """Check `overrides` on the saved config; the arguments that make Hydra run it (and
+    the sweep they start, with -m)."""
     resume, _ = split_override(overrides, "resume")
     if resume is not None:
         raise CnnbenchError(
@@ -38,12 +39,13 @@ def hydra_args(run_dir: Path, overrides: list[str]) -> list[str]:
     config_dir = str(
         primary_from_saved(run_dir, clear=("resume",), anchor_paths=True, overrides=overrides)
     )
+    sweep = None
     if is_multirun(overrides):
         check_sweep(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
-        overrides = fix_sweep_dir(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
+        overrides, sweep = fix_sweep_dir(overrides, PRIMARY_NAME, config_dir)
     elif not any(a.startswith("-") for a in overrides):
         compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
-    return ["--config-dir", config_dir, "--config-name", PRIMARY_NAME, *overrides]
+    return ["--config-dir", config_dir, "--config-name", PRIMARY_NAME, *overrides], sweep
 
 
 def run_cli(args: list[str]) -> None:
@@ -52,7 +54,7 @@ def run_cli(args: list[str]) -> None:
         raise SystemExit(0 if args else 2)
     run_dir = Path(args[0]).expanduser().resolve()
     with user_errors():
-        argv = hydra_args(run_dir, args[1:])
+        argv, sweep = hydra_args(run_dir, args[1:])
     from . import train  # Hydra's entrypoint (imports torch and the recipe)
 
     sys.argv = ["cnnbench rerun", *argv]
@@ -60,4 +62,4 @@ def run_cli(args: list[str]) -> None:
         train.main()
     finally:
         shutil.rmtree(argv[1], ignore_errors=True)  # the generated primary config
-    report_failures()
+    report_sweep(sweep)

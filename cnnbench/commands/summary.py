@@ -13,11 +13,12 @@ import sys
 from omegaconf import DictConfig
 
 from ..config import compose_checked
-from ..data import build_transforms, load_dataset
+from ..data import build_transforms
 from ..device import resolve_device
 from ..errors import user_errors
-from ..models import apply_weights, check_input_size, count_params, create_model, get_model_info
+from ..models import count_params, get_model_info
 from ..models.summary import summary_table
+from ..train import build_data, build_model
 
 USAGE = """usage: cnnbench summary model=NAME [dataset=NAME] [other overrides...]
 
@@ -43,24 +44,20 @@ def summarize(cfg: DictConfig, use_dataset: bool, use_transforms: bool) -> str:
     """A header line and the torchsummary table of `cfg.model` on `cfg.device`."""
     info = get_model_info(cfg.model.name)
     device = resolve_device(cfg.device)
-    if use_dataset:
-        data = load_dataset(cfg.dataset)
+    if use_dataset:  # exactly as `cnnbench train` builds it for this dataset
+        data = build_data(cfg)
         size, classes, where = data.input_size, data.num_classes, f"dataset {cfg.dataset.name}"
     else:
-        size, classes, where = info.input_size, info.num_classes, "native size"
-        size = (cfg.model.in_channels or size[0], *size[1:])
-    if use_dataset or use_transforms:
-        channels = size[0]
-        train_tf, _ = build_transforms(
-            cfg.transforms, ([0.0] * channels, [1.0] * channels), channels
-        )
-        size = (channels, *train_tf.output_size(*size[1:]))
-    num_classes = cfg.model.num_classes or classes
-    model = create_model(info.name, num_classes, cfg.model.in_channels or size[0]).to(device)
-    check_input_size(info.name, model, size, device)
-    apply_weights(model, cfg.model)
+        size = (cfg.model.in_channels or info.input_size[0], *info.input_size[1:])
+        classes, where = cfg.model.num_classes or info.num_classes, "native size"
+        if use_transforms:
+            channels = size[0]
+            stats = ([0.0] * channels, [1.0] * channels)  # the size does not depend on them
+            train_tf, _ = build_transforms(cfg.transforms, stats, channels)
+            size = (channels, *train_tf.output_size(*size[1:]))
+    model = build_model(cfg, size, classes, device)
     header = (
-        f"{info.name}: {count_params(model):,} parameters, {num_classes} classes, input "
+        f"{info.name}: {count_params(model):,} parameters, {classes} classes, input "
         f"{'x'.join(map(str, size))} ({where}), on {device}\nsource: {info.source}"
     )
     return header + "\n" + summary_table(model, size, device)

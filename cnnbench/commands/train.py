@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -21,8 +22,10 @@ from ..config import compose_checked
 from ..errors import CnnbenchError, out_of_memory_hint, user_errors
 from ..runs import (
     PRIMARY_NAME,
+    SavedConfig,
     check_writable,
     latest_matching_run,
+    overridden_groups,
     planned_run_dir,
     primary_from_saved,
     quote,
@@ -31,14 +34,17 @@ from ..runs import (
     split_override,
 )
 from ..sweep import (
+    Sweep,
     check_plugins,
     check_sweep,
     fix_sweep_dir,
     is_multirun,
-    report_failures,
+    report_sweep,
     run_sweep_job,
 )
 from ..train import train
+
+WORKER_LOGGING = "hydra/job_logging=cnnbench_worker"  # DDP ranks > 0: warnings only, no train.log
 
 
 @hydra.main(version_base=None, config_path="pkg://cnnbench.configs", config_name="train")
@@ -48,11 +54,21 @@ def main(cfg: DictConfig) -> float:
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failing job is recorded, the sweep goes on
         return run_sweep_job(train, cfg, out_dir)
     oom_hint = out_of_memory_hint(cfg.batch_size, out_dir)
-    with user_errors(), saved_config_guard(), interrupt.graceful_stop(), oom_hint:
+    with user_errors(), interrupt.graceful_stop(), oom_hint:
         return train(cfg, out_dir)["best_val_loss"]
 
 
-def hydra_args(args: list[str]) -> list[str]:
+@dataclass
+class Launch:
+    """What `cnnbench train ARGS` hands to Hydra, and what to do around it."""
+
+    args: list[str]  # Hydra's command line
+    sweep: Sweep | None = None  # -m: where the jobs go (failures reported afterwards)
+    saved: SavedConfig | None = None  # resume=: the run's config, put back if the resume fails
+    config_dir: str | None = None  # resume=: the generated primary config (removed afterwards)
+
+
+def hydra_args(args: list[str]) -> Launch:
     """Check `cnnbench train` overrides up front and turn `resume=` into Hydra arguments.
 
     resume=RUN_DIR (or auto) re-enters that run: its saved config is the primary config
@@ -63,11 +79,11 @@ def hydra_args(args: list[str]) -> list[str]:
     if resume in (None, "", "null"):
         if is_multirun(args):  # each swept value composed once, before any job
             check_sweep(args)
-            return fix_sweep_dir(args)
+            return Launch(*fix_sweep_dir(args))
         elif not any(a.startswith("-") for a in args):  # not --help/--cfg: validate first
             compose_checked(args)
             check_writable(planned_run_dir(args))
-        return args
+        return Launch(args)
     if any(a.startswith("-") for a in rest):
         raise CnnbenchError("resume= continues one run; it cannot be combined with -m or flags")
     if resume == "auto":
@@ -81,24 +97,62 @@ def hydra_args(args: list[str]) -> list[str]:
         raise CnnbenchError(
             f"resume={resume}: no last.pt in {run_dir}, so there is nothing to resume"
         )
-    config_dir = primary_from_saved(run_dir)
+    switched = overridden_groups(rest)
+    if switched:
+        raise CnnbenchError(
+            f"cannot switch {switched[0]}= when continuing a saved run (resume keeps the run's "
+            "own choices); override single keys such as epochs=30, or start a new run with "
+            f"{switched[0]}=..."
+        )
+    config_dir = str(primary_from_saved(run_dir))
     overrides = [*rest, f"resume={quote(str(run_dir))}", f"hydra.run.dir={quote(str(run_dir))}"]
-    compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=str(config_dir))
-    check_writable(run_dir)
-    remember_saved_config(run_dir)  # put back if this resume fails before it saves
-    return ["--config-dir", str(config_dir), "--config-name", PRIMARY_NAME, *overrides]
+    try:
+        compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
+        check_writable(run_dir)
+    except CnnbenchError:
+        shutil.rmtree(config_dir, ignore_errors=True)
+        raise
+    return Launch(
+        ["--config-dir", config_dir, "--config-name", PRIMARY_NAME, *overrides],
+        saved=remember_saved_config(run_dir),  # put back if this resume fails before it saves
+        config_dir=config_dir,
+    )
+
+
+def distributed_args(launch: Launch) -> Launch:
+    """Under torchrun: start the process group; every rank uses the run dir rank 0 chose,
+    and only rank 0 writes it. Without torchrun `launch` is returned unchanged."""
+    if distributed.from_env().enabled and launch.sweep is not None:
+        raise CnnbenchError(
+            "cnnbench train -m does not run under torchrun: start one torchrun per run "
+            "(README, Scaling out)"
+        )
+    env = distributed.setup()
+    if not env.enabled:
+        return launch
+    args = launch.args
+    extra: list[str] = []
+    given = any(a.startswith("hydra.run.dir=") for a in args)
+    if not given and not any(a.startswith("-") for a in args):  # rank 0's clock names it
+        run_dir = env.broadcast_object(str(planned_run_dir(args)) if env.is_main else None)
+        extra.append(f"hydra.run.dir={quote(run_dir)}")
+    if not env.is_main:
+        extra += ["hydra.output_subdir=null", WORKER_LOGGING]
+        launch.saved = None  # a failed resume is put back by rank 0 only
+    launch.args = [*args, *extra]
+    return launch
 
 
 def run_cli(args: list[str]) -> None:
     """`cnnbench train ARGS`: validate, then hand over to Hydra (which reads sys.argv)."""
     with user_errors():
-        args = hydra_args(args)
-        args = distributed.launch_args(args)  # torchrun: process group, one run dir
-    sys.argv = ["cnnbench train", *args]
+        launch = distributed_args(hydra_args(args))
+    sys.argv = ["cnnbench train", *launch.args]
     try:
-        main()
+        with saved_config_guard(launch.saved):
+            main()
     finally:
         distributed.shutdown()
-        if args[:1] == ["--config-dir"]:  # resume=: the primary config written for it
-            shutil.rmtree(args[1], ignore_errors=True)
-    report_failures()  # after a sweep: the failed jobs, and exit 1 if any
+        if launch.config_dir:  # resume=: the primary config written for it
+            shutil.rmtree(launch.config_dir, ignore_errors=True)
+    report_sweep(launch.sweep)  # after a sweep: where it is; the failed jobs, exit 1 if any

@@ -7,6 +7,7 @@ BatchTransform then converts and augments the batch on the training device.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 
@@ -23,8 +24,9 @@ log = logging.getLogger("cnnbench")
 class TensorLoader:
     """Yields (normalized float images, labels) batches on `device`.
 
-    The order and the augmentation of epoch e depend only on (seed, e), so a resumed run
-    sees the same batches as an uninterrupted one, in memory or streamed alike.
+    The order of epoch e depends only on (seed, e), the augmentation of its batch i only on
+    (seed, e, rank, i), so a run resumed anywhere sees the same batches as an uninterrupted
+    one, in memory or streamed alike; `set_epoch(e, start_step=k)` starts at batch k + 1.
     """
 
     def __init__(
@@ -51,14 +53,16 @@ class TensorLoader:
         self.device = device
         self.shuffle = shuffle
         self.seed = seed
-        self.epoch = 0
+        self.epoch, self.start_step = 0, 0
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.rank, self.world_size = rank, world_size
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Iterate epoch `epoch` from batch `start_step` on (a resumed epoch skips the
+        batches it trained on before the interruption; the later ones are unchanged)."""
+        self.epoch, self.start_step = epoch, start_step
 
     def _shard_size(self) -> int:
         """Samples this rank owns: DDP training pads every rank's shard to the same size
@@ -77,11 +81,11 @@ class TensorLoader:
     def __len__(self) -> int:
         return (self._epoch_size() + self.batch_size - 1) // self.batch_size
 
-    @property
-    def num_samples(self) -> int:
-        return int(len(self.labels))
+    def images_before(self, step: int) -> int:
+        """Samples of this rank in the epoch's first `step` batches."""
+        return min(step * self.batch_size, self._epoch_size())
 
-    def _order(self, gen: torch.Generator) -> torch.Tensor | None:
+    def _order(self) -> torch.Tensor | None:
         """This epoch's sample order for this rank (None: all samples in order).
 
         The permutation depends on (seed, epoch) only, so every rank draws the same one and
@@ -90,36 +94,44 @@ class TensorLoader:
         n = len(self.labels)
         if not self.shuffle:
             return None if self.world_size == 1 else torch.arange(self.rank, n, self.world_size)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(n, generator=gen)
         if self.world_size > 1:
             total = self._shard_size() * self.world_size
             order = order.repeat(-(-total // n))[:total]
             order = order[self.rank :: self.world_size]
-            # Augmentations differ between ranks, still a function of (seed, epoch, rank).
-            gen.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_009 + self.rank + 1)
         return order[: self._epoch_size()]
 
+    def _augmentation_rng(self, step: int) -> torch.Generator:
+        """The random draws of batch `step`: a function of (seed, epoch, rank, step) alone, so
+        an epoch resumed at any step augments its remaining batches as an uninterrupted one."""
+        key = f"{self.seed}/{self.epoch}/{self.rank}/{step}".encode()
+        digest = hashlib.blake2b(key, digest_size=8).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
     def _uint8_batches(
-        self, order: torch.Tensor | None
+        self, order: torch.Tensor | None, skip: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's uint8 batches in `order`, without its first `skip` samples."""
+        if order is None and self.stream is None:  # in order, in memory: slices, no copies
+            for start in range(skip, len(self.labels), self.batch_size):
+                end = start + self.batch_size
+                yield self.images[start:end], self.labels[start:end]
+            return
+        order = (torch.arange(len(self.labels)) if order is None else order)[skip:]
         if self.stream is not None:
             yield from self.stream.batches(order)
             return
-        n = len(self.labels) if order is None else len(order)
-        for start in range(0, n, self.batch_size):
-            if order is None:
-                yield (
-                    self.images[start : start + self.batch_size],
-                    self.labels[start : start + self.batch_size],
-                )
-            else:
-                idx = order[start : start + self.batch_size].to(self.images.device)
-                # index_select: ~10x faster than images[idx] (advanced indexing) on CPU
-                yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size].to(self.images.device)
+            # index_select: ~10x faster than images[idx] (advanced indexing) on CPU
+            yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        for x, y in self._uint8_batches(self._order(gen)):
+        first = self.start_step
+        batches = self._uint8_batches(self._order(), first * self.batch_size)
+        for step, (x, y) in enumerate(batches, first + 1):
+            gen = self._augmentation_rng(step) if self.transform.train else None
             x = self.transform(x.to(self.device, non_blocking=True), gen)
             yield (
                 x.contiguous(memory_format=self.memory_format),
@@ -180,8 +192,8 @@ class _FileBatches:
         )
         self.warned: set[int] = set()
 
-    def batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.order = order.tolist() if order is not None else list(range(len(self.data)))
+    def batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.order = order.tolist()
         for step, (x, y, ok) in enumerate(self.loader):
             if not bool(ok.all()):  # CPU tensor from the workers: no device sync
                 start = step * self.sampler.batch_size
