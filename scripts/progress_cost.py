@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from imagecache import REPO  # noqa: F401  (puts the checkout on sys.path)
 from torch import nn
 
-from cnnbench.data import ImageTensors, TensorLoader  # noqa: E402
-from cnnbench.data.transforms import BatchTransform  # noqa: E402
+from cnnbench.config import TransformsConfig  # noqa: E402
+from cnnbench.data import ImageTensors, TensorLoader, build_transforms  # noqa: E402
 from cnnbench.device import cpu_count  # noqa: E402
 from cnnbench.engine import Progress, TrainStep, evaluate, train_one_epoch  # noqa: E402
 from cnnbench.models import create_model  # noqa: E402
@@ -66,14 +66,11 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=gen)
     data = ImageTensors(images, torch.randint(0, 10, (args.images,), generator=gen))
-    stats = dict(mean=[0.5] * 3, std=[0.25] * 3)
+    cifar = TransformsConfig(name="cifar", crop_padding=4, hflip=True)
+    train_tf, eval_tf = build_transforms(cifar, ([0.5] * 3, [0.25] * 3), 3)
     cpu = torch.device("cpu")
-    train = TensorLoader(
-        data, args.batch_size, BatchTransform(train=True, crop_padding=4, hflip=True, **stats),
-        cpu, shuffle=True,
-    )  # fmt: skip
-    test = TensorLoader(data, 2 * args.batch_size, BatchTransform(train=False, **stats), cpu,
-                        shuffle=False)  # fmt: skip
+    train = TensorLoader(data, args.batch_size, train_tf, cpu, shuffle=True)
+    test = TensorLoader(data, 2 * args.batch_size, eval_tf, cpu, shuffle=False)
     model = create_model(args.model, 10, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     epoch(model, train, test, optimizer, False, args.log_interval)  # warmup

@@ -45,7 +45,9 @@ def test_channel_stats_of_known_images():
 
 
 def test_eval_transform_is_deterministic_and_normalizes():
-    tf = BatchTransform(train=False, mean=[0.5], std=[0.25], crop_padding=4, hflip=True)
+    tcfg = OmegaConf.structured(TransformsConfig(name="t", crop_padding=4, hflip=True))
+    _, tf = build_transforms(tcfg, ([0.5], [0.25]), 1)
+    assert tf.ops == () and not tf.train  # the crop and flip are train-only
     x = torch.full((3, 1, 8, 8), 255, dtype=torch.uint8)
     x[:, :, :, :4] = 0
     out = tf(x, torch.Generator().manual_seed(0))

@@ -1,16 +1,20 @@
-"""Batched image transforms applied on the training device.
+"""Batched image transforms applied on the training device, as a pipeline of small ops.
 
-Images stay uint8 in memory; each batch is converted to float on the device and augmented
-there as a whole (resize, random crop with zero padding, random resized crop, center crop,
-horizontal flip, normalize). The random draws come from a CPU generator, so a seed gives the
-same augmentation on any device. The draws follow torchvision's per-sample transforms
-(RandomCrop, RandomResizedCrop, RandomHorizontalFlip): same distributions, one batch at a time.
+Images stay uint8 in memory; each batch goes to the training device and through a list of
+ops there as a whole (resize, random crop with zero padding, random resized crop, center crop,
+horizontal flip), then one fused pass converts it to float and normalizes. `PIPELINE` orders
+the ops; each op reads its own keys of the transforms config. The random draws come from a
+CPU generator, so a seed gives the same augmentation on any device. The draws follow
+torchvision's per-sample transforms (RandomCrop, RandomResizedCrop, RandomHorizontalFlip):
+same distributions, one batch at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,77 +47,213 @@ def resolve_stats(tcfg, train_stats: Stats | Callable[[], Stats], channels: int)
     return mean, std
 
 
+class BatchOp:
+    """One step of a batch pipeline: an N x C x H x W batch on the device in, a batch out.
+
+    The batch is uint8 or float; random draws come from `gen` (a CPU generator, None: the
+    global one), a fixed number per batch. A subclass sets `needs_float` (the pipeline converts
+    a uint8 batch before calling it), `train_only` (an augmentation: never in the eval
+    pipeline), `output_size` when it changes the image size, and `from_config`.
+    """
+
+    needs_float: ClassVar[bool] = False
+    train_only: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, tcfg: Any, train: bool) -> BatchOp | None:
+        """The op a transforms config asks for in the train or eval pipeline, or None."""
+        raise NotImplementedError
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return height, width
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _crop_mode(tcfg: Any) -> CropMode:
+    mode = tcfg.crop_mode
+    return CropMode(mode.value if isinstance(mode, Enum) else mode)
+
+
+@dataclass(frozen=True)
+class Resize(BatchOp):
+    """Bilinear antialiased resize to size x size, train and eval (transforms.resize).
+
+    A batch already at that size passes through as uint8; a resample converts to float itself.
+    """
+
+    size: int
+
+    @classmethod
+    def from_config(cls, tcfg: Any, train: bool) -> Resize | None:
+        return None if tcfg.resize is None else cls(tcfg.resize)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return self.size, self.size
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == (self.size, self.size):
+            return x
+        size = (self.size, self.size)
+        return F.interpolate(
+            x.float(), size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+
+
+@dataclass(frozen=True)
+class RandomCropFlip(BatchOp):
+    """torchvision's RandomCrop (zero padding), then RandomHorizontalFlip, as one gather.
+
+    crop_mode=random: transforms.crop (None: the input size), crop_padding and hflip. The
+    gather moves uint8 pixels: 4x less memory traffic than on floats.
+    """
+
+    train_only = True
+    size: int | None
+    padding: int = 0
+    flip: bool = False
+
+    @classmethod
+    def from_config(cls, tcfg: Any, train: bool) -> RandomCropFlip | None:
+        if _crop_mode(tcfg) != CropMode.random:
+            return None
+        if tcfg.crop is None and tcfg.crop_padding == 0 and not tcfg.hflip:
+            return None
+        return cls(tcfg.crop, tcfg.crop_padding, tcfg.hflip)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return (height, width) if self.size is None else (self.size, self.size)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        out_h, out_w = self.output_size(h, w)
+        p = self.padding
+        if p == 0 and not self.flip and (out_h, out_w) == (h, w):
+            return x
+        top, left = crop_offsets(n, h + 2 * p, w + 2 * p, out_h, out_w, gen)
+        flip = torch.rand(n, generator=gen) < 0.5 if self.flip else None
+        return crop_and_flip(x, top, left, out_h, out_w, p, flip)
+
+
+@dataclass(frozen=True)
+class RandomResizedCrop(BatchOp):
+    """torchvision's RandomResizedCrop to transforms.crop (None: the input size).
+
+    crop_mode=resized: transforms.crop, scale (area fraction) and ratio (aspect, w / h).
+    """
+
+    needs_float = True
+    train_only = True
+    size: int | None
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @classmethod
+    def from_config(cls, tcfg: Any, train: bool) -> RandomResizedCrop | None:
+        if _crop_mode(tcfg) != CropMode.resized:
+            return None
+        scale, ratio = (float(tcfg.scale[0]), float(tcfg.scale[1])), tcfg.ratio
+        return cls(tcfg.crop, scale, (float(ratio[0]), float(ratio[1])))
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return (height, width) if self.size is None else (self.size, self.size)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        out_h, out_w = self.output_size(x.shape[-2], x.shape[-1])
+        return random_resized_crop(x, out_h, out_w, self.scale, self.ratio, gen)
+
+
+@dataclass(frozen=True)
+class CenterCrop(BatchOp):
+    """torchvision's CenterCrop to transforms.crop: in eval always, in train if crop_mode=center."""
+
+    size: int
+
+    @classmethod
+    def from_config(cls, tcfg: Any, train: bool) -> CenterCrop | None:
+        if tcfg.crop is None or (train and _crop_mode(tcfg) != CropMode.center):
+            return None
+        return cls(tcfg.crop)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return self.size, self.size
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == (self.size, self.size):
+            return x
+        return center_crop(x, self.size, self.size)
+
+
+@dataclass(frozen=True)
+class RandomHorizontalFlip(BatchOp):
+    """Mirror each image with probability 1/2: transforms.hflip after a center or resized crop.
+
+    (crop_mode=random flips inside RandomCropFlip's gather.)
+    """
+
+    train_only = True
+
+    @classmethod
+    def from_config(cls, tcfg: Any, train: bool) -> RandomHorizontalFlip | None:
+        return cls() if tcfg.hflip and _crop_mode(tcfg) != CropMode.random else None
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        flip = torch.rand(x.shape[0], generator=gen) < 0.5
+        return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+
+
+class FloatNormalize:
+    """The last step of every pipeline: (x / 255 - mean) / std as one pass, x * scale - shift.
+
+    On a uint8 batch the multiply is the conversion to float.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean, self.std = [float(m) for m in mean], [float(v) for v in std]
+        std_t = torch.tensor(std, dtype=torch.float32)
+        self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
+        self.shift = (torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale.to(x.device), self.shift.to(x.device)
+        return (x * scale).sub_(shift)
+
+
 class BatchTransform:
-    """uint8 batch (N x C x H x W) on the device -> normalized float batch for the model."""
+    """uint8 batch (N x C x H x W) on the device -> normalized float batch for the model.
+
+    Runs `ops` in order, then the fused normalize. With no ops it only normalizes:
+    BatchTransform(train=False, mean=..., std=...) is the pipeline of `cnnbench predict`.
+    """
 
     def __init__(
         self,
+        ops: Sequence[BatchOp] = (),
         *,
         train: bool,
         mean: Sequence[float],
         std: Sequence[float],
-        resize: int | None = None,
-        crop: int | None = None,
-        crop_padding: int = 0,
-        hflip: bool = False,
-        crop_mode: CropMode | str = CropMode.random,
-        scale: Sequence[float] = (0.08, 1.0),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
     ) -> None:
+        self.ops = tuple(ops)
         self.train = train
-        self.resize = resize
-        self.crop = crop
-        self.crop_mode = CropMode(crop_mode.value if isinstance(crop_mode, Enum) else crop_mode)
-        self.crop_padding = crop_padding if train and self.crop_mode == CropMode.random else 0
-        self.area_scale = (float(scale[0]), float(scale[1]))  # crop_mode=resized
-        self.aspect_ratio = (float(ratio[0]), float(ratio[1]))
-        self.hflip = hflip and train
-        self.mean, self.std = [float(m) for m in mean], [float(v) for v in std]
-        std_t = torch.tensor(std, dtype=torch.float32)
-        # x / 255 normalized = x * scale - shift, one fused pass.
-        self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
-        self.shift = (torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1)
+        self.normalize = FloatNormalize(mean, std)
+        self.mean, self.std = self.normalize.mean, self.normalize.std
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        if self.resize is not None:
-            height = width = self.resize
-        if self.crop is not None:
-            height = width = self.crop
+        for op in self.ops:
+            height, width = op.output_size(height, width)
         return height, width
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        # Crops and flips are pixel moves: done on the uint8 batch (one gather, 4x less memory
-        # traffic than on floats), then one pass converts to float and normalizes. Only a
-        # resize, or a resized crop, works on floats.
-        if self.resize is not None and tuple(x.shape[-2:]) != (self.resize, self.resize):
-            x = F.interpolate(
-                x.float(),
-                size=(self.resize, self.resize),
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )
-        out_h, out_w = self.output_size(x.shape[-2], x.shape[-1])
-        same_size = (out_h, out_w) == tuple(x.shape[-2:])
-        random_crop_mode = self.train and self.crop_mode == CropMode.random
-        if self.train and self.crop_mode == CropMode.resized:
-            x = random_resized_crop(
-                x.float(), out_h, out_w, self.area_scale, self.aspect_ratio, gen
-            )
-        elif random_crop_mode and (self.crop_padding > 0 or not same_size or self.hflip):
-            # torchvision's RandomCrop, then RandomHorizontalFlip, as one gather
-            n, _, h, w = x.shape
-            p = self.crop_padding
-            top, left = crop_offsets(n, h + 2 * p, w + 2 * p, out_h, out_w, gen)
-            flip = torch.rand(n, generator=gen) < 0.5 if self.hflip else None
-            x = crop_and_flip(x, top, left, out_h, out_w, p, flip)
-        elif not same_size:
-            x = center_crop(x, out_h, out_w)
-        if self.hflip and not random_crop_mode:  # after a center or resized crop
-            flip = torch.rand(x.shape[0], generator=gen) < 0.5
-            x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
-        scale, shift = self.scale.to(x.device), self.shift.to(x.device)
-        return (x * scale).sub_(shift)  # uint8 * float -> float: the conversion is this pass
+        for op in self.ops:
+            if op.needs_float and not x.is_floating_point():
+                x = x.float()
+            x = op(x, gen)
+        return self.normalize(x)
+
+    def __repr__(self) -> str:
+        return f"BatchTransform(train={self.train}, ops={list(self.ops)})"
 
 
 def crop_offsets(
@@ -259,8 +399,27 @@ def random_resized_crop(
     return roi_align(x, boxes, (height, width), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
+# Pipeline order, as torchvision's classification presets: size, crops, flips; then normalize.
+# A new op: its class above, its place here, its field in TransformsConfig.
+PIPELINE: tuple[type[BatchOp], ...] = (
+    Resize,
+    RandomCropFlip,
+    RandomResizedCrop,
+    CenterCrop,
+    RandomHorizontalFlip,
+)
+
+
+def pipeline_ops(tcfg: Any, train: bool) -> list[BatchOp]:
+    """The ops a transforms config asks for, in pipeline order; eval leaves out train-only ops."""
+    ops = (
+        op_type.from_config(tcfg, train) for op_type in PIPELINE if train or not op_type.train_only
+    )
+    return [op for op in ops if op is not None]
+
+
 def build_transforms(
-    tcfg, train_stats: Stats | Callable[[], Stats], channels: int
+    tcfg: Any, train_stats: Stats | Callable[[], Stats], channels: int
 ) -> tuple[BatchTransform, BatchTransform]:
     """(train, eval) pipelines of a transforms preset; eval never augments.
 
@@ -268,14 +427,7 @@ def build_transforms(
     e.g. DataSplits.train_stats, which caches them per dataset).
     """
     mean, std = resolve_stats(tcfg, train_stats, channels)
-    common = dict(mean=mean, std=std, resize=tcfg.resize, crop=tcfg.crop)
-    train = BatchTransform(
-        train=True,
-        crop_padding=tcfg.crop_padding,
-        hflip=tcfg.hflip,
-        crop_mode=tcfg.crop_mode,
-        scale=list(tcfg.scale),
-        ratio=list(tcfg.ratio),
-        **common,
+    return (
+        BatchTransform(pipeline_ops(tcfg, True), train=True, mean=mean, std=std),
+        BatchTransform(pipeline_ops(tcfg, False), train=False, mean=mean, std=std),
     )
-    return train, BatchTransform(train=False, **common)
