@@ -39,6 +39,7 @@ from ..sweep import (
     run_sweep_job,
 )
 from ..train import train
+from .args import check_train_args
 
 
 @hydra.main(version_base=None, config_path="pkg://cnnbench.configs", config_name="train")
@@ -91,6 +92,7 @@ def hydra_args(args: list[str]) -> list[str]:
 
 def run_cli(args: list[str]) -> None:
     """`cnnbench train ARGS`: validate, then hand over to Hydra (which reads sys.argv)."""
+    check_train_args(args)  # `--epochs 3`, `+epochs=3`: name the override to use instead
     with user_errors():
         args = hydra_args(args)
         args = distributed.launch_args(args)  # torchrun: process group, one run dir
