@@ -476,6 +476,22 @@ def unknown_keys(cfg: Any, prefix: str = "") -> list[str]:
     return found
 
 
+def group_schemas(group: str) -> list[Any]:
+    """The schemas a group's options are checked against (one for preset groups)."""
+    if group in REGISTERED_GROUPS:
+        return list(REGISTERED_GROUPS[group].values())
+    return {"model": [ModelConfig], "transforms": [TransformsConfig]}.get(group, [])
+
+
+def is_config_key(key: str) -> bool:
+    """True for a group (`device`), a top-level key (`epochs`) or a key some option of a group
+    has (`device.name`, `dataset.root`)."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        return head in GROUPS or head in option_keys(TrainConfig)
+    return any(rest in option_keys(schema) for schema in group_schemas(head))
+
+
 def options_with_key(group: str, key: str) -> list[str]:
     """The registered options of `group` that have `key`, the likeliest meant one first
     (`dataset.root` is most often a folder of one's own images)."""

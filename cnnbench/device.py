@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from .config import DeviceName, Precision
+from .data.cache import cache_root
 from .distributed import Distributed
 from .errors import CnnbenchError
-from .perf import StepTimer, cache_dir, train_flops_per_image
+from .perf import StepTimer, train_flops_per_image
 
 log = logging.getLogger("cnnbench")
 
@@ -235,7 +236,7 @@ def _cache_key(model: nn.Module, workload: Workload, channels_last: bool) -> str
 
 
 def _cache_path() -> Path:
-    return cache_dir() / "precision.json"
+    return cache_root(None) / "precision.json"
 
 
 def _read_cache() -> dict:

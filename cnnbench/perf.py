@@ -7,19 +7,12 @@ CPU?) and by scripts/bench.py (achieved GFLOP/s).
 from __future__ import annotations
 
 import copy
-import os
 import time
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-
-def cache_dir() -> Path:
-    """Where cnnbench caches measurements: $CNNBENCH_CACHE or ~/.cache/cnnbench."""
-    return Path(os.environ.get("CNNBENCH_CACHE") or Path.home() / ".cache" / "cnnbench")
 
 
 def _devices_of(model: nn.Module) -> list[torch.device]:
@@ -38,23 +31,6 @@ def train_flops_per_image(model: nn.Module, input_size: tuple[int, int, int]) ->
     with torch.random.fork_rng(devices=_devices_of(probe)), FlopCounterMode(display=False) as fc:
         probe(x).float().sum().backward()
     return fc.get_total_flops() // 2
-
-
-def forward_flops_per_image(model: nn.Module, input_size: tuple[int, int, int]) -> int:
-    """FLOPs of one forward pass for one image (eval mode, no gradients)."""
-    was_training = model.training
-    device = next(model.parameters()).device
-    model.eval()
-    try:
-        with (
-            torch.no_grad(),
-            torch.random.fork_rng(devices=_devices_of(model)),
-            FlopCounterMode(display=False) as fc,
-        ):
-            model(torch.zeros(1, *input_size, device=device))
-    finally:
-        model.train(was_training)
-    return fc.get_total_flops()
 
 
 def _sync(device: torch.device) -> None:

@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:  # `python scripts/x.py` from a checkout imports t
     sys.path.insert(0, str(REPO))
 
 from cnnbench.data import ImageTensors  # noqa: E402
-from cnnbench.perf import cache_dir  # noqa: E402
+from cnnbench.data.cache import cache_root  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 
@@ -53,7 +53,8 @@ def load_image_folder(root: str | Path, *, verbose: bool = True) -> tuple[ImageT
     """All images of `root` as uint8 N x 3 x H x W tensors (RGB), decoded once and cached."""
     root = Path(root).expanduser()
     samples, classes = list_folder(root)
-    path = cache_dir() / "imagefolders" / f"{root.parent.name}-{root.name}-{_key(root, samples)}.pt"
+    name = f"{root.parent.name}-{root.name}-{_key(root, samples)}.pt"
+    path = cache_root(None) / "imagefolders" / name
     if path.is_file():
         blob = torch.load(path, weights_only=True)
         return ImageTensors(blob["images"], blob["labels"]), blob["classes"]

@@ -28,10 +28,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from imagecache import cache_dir, load_image_folder  # also puts the checkout on sys.path
+from imagecache import load_image_folder  # also puts the checkout on sys.path
 
 from cnnbench.config import compose_checked  # noqa: E402
 from cnnbench.data import DataSplits, build_transforms, channel_stats  # noqa: E402
+from cnnbench.data.cache import cache_root  # noqa: E402
 from cnnbench.device import resolve_device  # noqa: E402
 from cnnbench.distributed import Distributed  # noqa: E402
 from cnnbench.engine import evaluate  # noqa: E402
@@ -56,7 +57,7 @@ def cifar_root(data: str | None, tar: str | None) -> Path:
     if data:
         return Path(data).expanduser()
     tar_path = Path(tar).expanduser() if tar else SHARED_TAR
-    root = cache_dir() / "cifar10-jpeg"
+    root = cache_root(None) / "cifar10-jpeg"
     if not (root / "cifar" / "train").is_dir():
         if not tar_path.is_file():
             raise SystemExit(f"error: no --data given and no archive at {tar_path} (use --tar)")

@@ -1,6 +1,7 @@
 """cnnbench eval: evaluate a run's best weights on its test (or val) split.
 
     cnnbench eval outputs/2026-11-23/12-00-00 [split=test|val] [overrides...] [--out DIR]
+    cnnbench eval outputs/2026-11-23/12-00-00 --split val --device cpu --batch-size 256
 
 The data are rebuilt exactly as `cnnbench train` built them (same saved config, split seed,
 train-split statistics and eval transform), so split=test reproduces results.json's test
@@ -27,15 +28,30 @@ from ..models import create_model
 from ..plots import write_confusion_matrix
 from ..runs import compose_saved, split_override
 from ..train import Data, build_data, eval_loader
+from .args import (
+    add_device_options,
+    add_overrides,
+    command_parser,
+    flag_overrides,
+    parse_command,
+    run_dir_arg,
+)
 
 SPLITS = ("test", "val")
-USAGE = """usage: cnnbench eval RUN_DIR [split=test|val] [overrides...] [--out DIR]
-
+USAGE = (
+    "cnnbench eval RUN_DIR [split=test|val] [overrides...] [--device NAME] [--batch-size N] "
+    "[--out DIR]"
+)
+DESCRIPTION = """
 Evaluates RUN_DIR/best.pt on the run's test split (or split=val) with the run's saved config
 and eval transform; prints loss, top-1, top-5 and per-class accuracy and writes
 metrics.json, per_class.csv and confusion_matrix.png to RUN_DIR/eval (or --out DIR).
 Overrides change the saved config, e.g. device=cpu, eval_batch_size=256, dataset.root=PATH.
 """
+EXAMPLES = (
+    "cnnbench eval outputs/2026-11-23/12-00-00",
+    "cnnbench eval outputs/2026-11-23/12-00-00 split=val --device cpu --out /tmp/val-eval",
+)
 
 
 def load_best(run_dir: Path) -> dict[str, Any]:
@@ -191,25 +207,21 @@ def format_report(m: dict[str, Any]) -> str:
 
 def parse_args(args: list[str]) -> tuple[Path, str, list[str], Path | None]:
     """(run dir, split, overrides, --out dir) from `cnnbench eval` arguments."""
-    args = list(args)
-    out_dir = None
-    if "--out" in args:
-        i = args.index("--out")
-        if i + 1 >= len(args):
-            raise CnnbenchError("--out needs a directory")
-        out_dir = Path(args[i + 1])
-        del args[i : i + 2]
-    if not args or args[0].startswith("-") or "=" in args[0]:
-        raise CnnbenchError("missing RUN_DIR: cnnbench eval RUN_DIR [split=test|val] [overrides]")
-    split, overrides = split_override(args[1:], "split")
-    return Path(args[0]), split or "test", overrides, out_dir
+    parser = command_parser("eval", USAGE, DESCRIPTION, EXAMPLES)
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run dir (outputs/DATE/TIME)")
+    add_overrides(parser, "split=test|val, or overrides of the saved config")
+    parser.add_argument("--split", choices=SPLITS, help="same as split=test|val")
+    add_device_options(parser)
+    parser.add_argument("--out", type=Path, metavar="DIR", help="output dir (default RUN_DIR/eval)")
+    opts = parse_command(parser, args)
+    flags = dict(split=opts.split, device=opts.device, eval_batch_size=opts.batch_size)
+    overrides = flag_overrides(parser, opts.overrides, flags)
+    split, overrides = split_override(overrides, "split")
+    return run_dir_arg(parser, opts.run_dir), split or "test", overrides, opts.out
 
 
 def run_cli(args: list[str]) -> None:
-    if args and args[0] in ("-h", "--help"):
-        print(USAGE, end="")
-        return
+    run_dir, split, overrides, out_dir = parse_args(args)
     with user_errors():
-        run_dir, split, overrides, out_dir = parse_args(args)
         metrics = evaluate_run(run_dir, split, overrides, out_dir)
     print(format_report(metrics), flush=True)

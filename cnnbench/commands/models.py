@@ -10,17 +10,16 @@ import sys
 
 import torch
 
-from ..errors import CnnbenchError, user_errors
 from ..models import count_params, create_model, registered_models
+from .args import command_parser, parse_command
 
-USAGE = """usage: cnnbench models [--markdown]
-
+USAGE = "cnnbench models [--markdown]"
+DESCRIPTION = """
 List every registered model: name, parameters (for its default classes), native input size
 (channels x height x width), default classes and the seed it comes from.
 Train one with `cnnbench train model=NAME`; see its layers with `cnnbench summary model=NAME`.
-
-  --markdown   print the table as Markdown (as in README.md)
 """
+EXAMPLES = ("cnnbench models", "cnnbench models --markdown   # the table of README.md")
 
 COLUMNS = ("name", "params", "input", "classes", "source")
 
@@ -63,13 +62,7 @@ def format_table(rows: list[dict[str, str]], markdown: bool = False) -> str:
 
 def run_cli(args: list[str]) -> None:
     """`cnnbench models [--markdown]`."""
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE, end="")
-        return
-    with user_errors(exit_code=2):
-        extra = [a for a in args if a != "--markdown"]
-        if extra:
-            raise CnnbenchError(
-                f"unknown argument(s) {' '.join(extra)}; usage: cnnbench models [--markdown]"
-            )
-    sys.stdout.write(format_table(zoo_rows(), markdown="--markdown" in args))
+    parser = command_parser("models", USAGE, DESCRIPTION, EXAMPLES)
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    opts = parse_command(parser, args)
+    sys.stdout.write(format_table(zoo_rows(), markdown=opts.markdown))

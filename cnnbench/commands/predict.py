@@ -1,6 +1,7 @@
 """cnnbench predict: classify image files and folders with a run's best weights.
 
     cnnbench predict outputs/2026-11-23/12-00-00 cat.jpg photos/ [--out DIR]
+    cnnbench predict outputs/2026-11-23/12-00-00 photos/ device=cpu eval_batch_size=32
 
 Each image is loaded with PIL, converted to the model's channels (RGB or L), resized to its
 input size and normalized with the run's statistics (stored in best.pt). Writes
@@ -31,6 +32,18 @@ from ..device import resolve_device
 from ..errors import CnnbenchError, user_errors
 from ..plots import write_image_grid
 from ..runs import compose_saved
+from .args import (
+    DEVICES,
+    CommandParser,
+    add_device_options,
+    command_parser,
+    config_overrides,
+    flag_overrides,
+    override_value,
+    parse_command,
+    positive_int,
+    run_dir_arg,
+)
 from .eval import load_best, model_from_checkpoint, rebuild_data
 
 log = logging.getLogger("cnnbench")
@@ -179,21 +192,77 @@ def _csv(fields: list[str], rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def run_cli(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="cnnbench predict",
-        description="Classify image files and folders with RUN_DIR/best.pt.",
+USAGE = (
+    "cnnbench predict RUN_DIR PATH... [device=NAME] [eval_batch_size=N] [--device NAME] "
+    "[--batch-size N] [--grid-max N] [--out DIR]"
+)
+DESCRIPTION = """
+Classify image files and folders (searched recursively) with RUN_DIR/best.pt; writes
+predictions.csv and predictions.png to RUN_DIR/predict (or --out DIR). An argument KEY=VALUE
+whose KEY is a config key (device=cpu, device.name=cpu, eval_batch_size=32) is an override;
+every other argument is an image path (write ./key=value.png for such a file name).
+"""
+EXAMPLES = (
+    "cnnbench predict outputs/2026-11-23/12-00-00 cat.jpg photos/ --out preds",
+    "cnnbench predict outputs/2026-11-23/12-00-00 photos/ device=cpu eval_batch_size=32",
+)
+
+
+def parse_args(args: list[str]) -> argparse.Namespace:
+    """run_dir, paths, out, device, batch_size and grid_max from `cnnbench predict` arguments."""
+    parser = command_parser("predict", USAGE, DESCRIPTION, EXAMPLES)
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run dir (outputs/DATE/TIME)")
+    parser.add_argument(
+        "items",
+        nargs="+",
+        metavar="PATH",
+        help="image files and/or folders (KEY=VALUE with a config KEY is an override)",
     )
-    parser.add_argument("run_dir", type=Path, help="a run dir (outputs/DATE/TIME)")
-    parser.add_argument("paths", nargs="+", type=Path, help="image files and/or folders")
-    parser.add_argument("--out", type=Path, help="output dir (default RUN_DIR/predict)")
-    parser.add_argument("--device", default="auto", choices=[d.value for d in DeviceName])
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--grid-max", type=int, default=64, help="images in the PNG grid")
-    opts = parser.parse_args(args)
+    add_device_options(parser)
+    parser.add_argument(
+        "--grid-max", type=int, default=64, metavar="N", help="images in the PNG grid (default 64)"
+    )
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="output dir (default RUN_DIR/predict)"
+    )
+    opts = parse_command(parser, args)
+    overrides, paths = config_overrides(opts.items)
+    if not paths:
+        parser.error("no image PATH given")
+    if opts.grid_max < 0:
+        parser.error(f"--grid-max must be >= 0 (got {opts.grid_max})")
+    flags = dict(device=opts.device, eval_batch_size=opts.batch_size)
+    device, batch_size = _device_and_batch(parser, flag_overrides(parser, overrides, flags))
+    return argparse.Namespace(
+        run_dir=run_dir_arg(parser, opts.run_dir),
+        paths=[Path(p) for p in paths],
+        out=opts.out,
+        device=device,
+        batch_size=batch_size,
+        grid_max=opts.grid_max,
+    )
+
+
+def _device_and_batch(parser: CommandParser, overrides: list[str]) -> tuple[str, int]:
+    """The device name and batch size the overrides ask for (default auto, 64)."""
+    device, overrides = override_value(overrides, "device")
+    batch, overrides = override_value(overrides, "eval_batch_size")
+    if overrides:
+        parser.error(
+            f"{overrides[0]}: predict takes only device=NAME and eval_batch_size=N "
+            "(other config keys do not change its predictions)"
+        )
+    if (device or "auto") not in DEVICES:
+        parser.error(f"device={device}: valid devices are {', '.join(DEVICES)}")
+    try:
+        return device or "auto", positive_int(batch or "64")
+    except argparse.ArgumentTypeError as err:
+        parser.error(f"eval_batch_size={batch}: {err}")
+
+
+def run_cli(args: list[str]) -> None:
+    opts = parse_args(args)
     with user_errors():
-        if opts.batch_size < 1 or opts.grid_max < 0:
-            raise CnnbenchError("--batch-size must be >= 1 and --grid-max >= 0")
         result = predict(
             opts.run_dir, opts.paths, opts.out, opts.device, opts.batch_size, opts.grid_max
         )

@@ -8,7 +8,6 @@ curves overlaid) into the directory.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -26,6 +25,7 @@ from ..metrics import read_metrics_csv
 from ..plots import write_sweep_curves
 from ..runs import SAVED_CONFIG
 from ..sweep import ERROR_FILE
+from .args import command_parser, parse_command
 
 METRICS = ["params", "best_val_loss", "test_top1", "test_top5", "epochs", "wall_seconds"]
 DEFAULT_SORT = "best_val_loss"
@@ -169,20 +169,33 @@ def report(root: Path, sort: str = DEFAULT_SORT, desc: bool = False) -> str:
     return to_markdown(columns, rows, common)
 
 
+USAGE = "cnnbench report MULTIRUN_DIR [--sort KEY] [--desc]"
+DESCRIPTION = """
+Leaderboard of a sweep (or of any folder of runs): a markdown table on stdout, and
+leaderboard.csv and curves.png (the jobs' validation curves overlaid) in MULTIRUN_DIR.
+"""
+EXAMPLES = (
+    "cnnbench report multirun/2026-11-23/12-00-00",
+    "cnnbench report multirun/2026-11-23/12-00-00 --sort test_top1 --desc",
+)
+
+
 def run_cli(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="cnnbench report",
-        description="Leaderboard of a sweep: markdown on stdout, leaderboard.csv and "
-        "curves.png in MULTIRUN_DIR.",
+    parser = command_parser("report", USAGE, DESCRIPTION, EXAMPLES)
+    parser.add_argument(
+        "multirun_dir",
+        type=Path,
+        metavar="MULTIRUN_DIR",
+        help="a multirun dir (multirun/DATE/TIME)",
     )
-    parser.add_argument("multirun_dir", type=Path, help="a multirun dir (multirun/DATE/TIME)")
     parser.add_argument(
         "--sort",
         default=DEFAULT_SORT,
+        metavar="KEY",
         help=f"column to sort by (default {DEFAULT_SORT}; a metric or a swept key)",
     )
     parser.add_argument("--desc", action="store_true", help="sort descending (best accuracy first)")
-    opts = parser.parse_args(args)
+    opts = parse_command(parser, args)
     with user_errors():
         table = report(opts.multirun_dir, opts.sort, opts.desc)
     print(table, end="")

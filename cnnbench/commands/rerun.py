@@ -18,13 +18,19 @@ from ..config import compose_checked
 from ..errors import CnnbenchError, user_errors
 from ..runs import PRIMARY_NAME, primary_from_saved, saved_config, split_override
 from ..sweep import Sweep, check_sweep, fix_sweep_dir, is_multirun, report_sweep
+from .args import add_overrides, command_parser, parse_command, run_dir_arg
 
-USAGE = """usage: cnnbench rerun RUN_DIR [overrides...]
-
+USAGE = "cnnbench rerun RUN_DIR [overrides...] [-m]"
+DESCRIPTION = """
 Re-executes RUN_DIR/.hydra/config.yaml (plus overrides, e.g. seed=1 epochs=5) into a new
 run dir: outputs/DATE/TIME, or hydra.run.dir=PATH. With -m the overrides sweep around it.
 To continue the same run instead, use: cnnbench train resume=RUN_DIR
 """
+EXAMPLES = (
+    "cnnbench rerun outputs/2026-11-23/12-00-00",
+    "cnnbench rerun outputs/2026-11-23/12-00-00 seed=1 optimizer=sgd hydra.run.dir=runs/seed1",
+    "cnnbench rerun outputs/2026-11-23/12-00-00 -m seed=1,2,3",
+)
 
 
 def hydra_args(run_dir: Path, overrides: list[str]) -> tuple[list[str], Sweep | None]:
@@ -43,18 +49,23 @@ def hydra_args(run_dir: Path, overrides: list[str]) -> tuple[list[str], Sweep | 
     if is_multirun(overrides):
         check_sweep(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
         overrides, sweep = fix_sweep_dir(overrides, PRIMARY_NAME, config_dir)
-    elif not any(a.startswith("-") for a in overrides):
+    else:
         compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
     return ["--config-dir", config_dir, "--config-name", PRIMARY_NAME, *overrides], sweep
 
 
 def run_cli(args: list[str]) -> None:
-    if not args or args[0] in ("-h", "--help"):
-        print(USAGE, end="")
-        raise SystemExit(0 if args else 2)
-    run_dir = Path(args[0]).expanduser().resolve()
+    parser = command_parser("rerun", USAGE, DESCRIPTION, EXAMPLES)
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run dir (outputs/DATE/TIME)")
+    add_overrides(parser, "overrides of the saved config (seed=1, hydra.run.dir=PATH, ...)")
+    parser.add_argument(
+        "-m", "--multirun", action="store_true", help="sweep: one job per comma-separated value"
+    )
+    opts = parse_command(parser, args)
+    run_dir = run_dir_arg(parser, opts.run_dir).resolve()
+    overrides = ["-m", *opts.overrides] if opts.multirun else opts.overrides
     with user_errors():
-        argv, sweep = hydra_args(run_dir, args[1:])
+        argv, sweep = hydra_args(run_dir, overrides)
     from . import train  # Hydra's entrypoint (imports torch and the recipe)
 
     sys.argv = ["cnnbench rerun", *argv]

@@ -2,6 +2,7 @@
 
     cnnbench show dataset=cifar10 transforms=cifar
     cnnbench show dataset=folder dataset.root=~/pets transforms=rrc224 --out pets.png
+    cnnbench show dataset=cifar10 --out grids/    # grids/samples_cifar10_basic.png
 
 The samples go through the train pipeline of the transforms preset, exactly as the model
 sees them (then un-normalized for display).
@@ -9,30 +10,36 @@ sees them (then un-normalized for display).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 from ..data import TensorLoader, build_transforms
 from ..data.transforms import resolve_stats
-from ..errors import CnnbenchError, user_errors
+from ..errors import user_errors
+from .args import add_overrides, command_parser, parse_command
 from .stats import load_for_command
 
+USAGE = "cnnbench show [dataset=NAME] [transforms=NAME] [overrides...] [--out PATH]"
+DESCRIPTION = """
+Save a 5x5 grid of augmented training samples, titled with their class names, as a PNG and
+print its path. The samples go through the train pipeline of the transforms preset, exactly
+as the model sees them (then un-normalized for display).
+"""
+EXAMPLES = (
+    "cnnbench show dataset=cifar10 transforms=cifar",
+    "cnnbench show dataset=folder dataset.root=~/pets transforms=rrc224 --out pets.png",
+)
 
-def _pop_out(args: list[str]) -> tuple[str | None, list[str]]:
-    """Take `--out PATH` / `--out=PATH` out of the overrides."""
-    rest, out = [], None
-    it = iter(args)
-    for arg in it:
-        if arg == "--out":
-            out = next(it, None)
-            if out is None:
-                raise CnnbenchError("--out needs a file name, e.g. --out samples.png")
-        elif arg.startswith("--out="):
-            out = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    return out, rest
+
+def output_path(out: str | None, default_name: str) -> Path:
+    """--out PATH as given; a directory (existing, or written with a trailing /) gets the
+    default file name inside it; no --out: the default name in the working directory."""
+    if out is None:
+        return Path(default_name)
+    path = Path(out).expanduser()
+    return path / default_name if path.is_dir() or out.endswith(("/", os.sep)) else path
 
 
 def sample_grid(
@@ -62,12 +69,17 @@ def sample_grid(
 
 def run_cli(args: list[str]) -> None:
     """`cnnbench show [overrides...] [--out PATH]`: save the grid and print its path."""
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__.strip())
-        return
+    parser = command_parser("show", USAGE, DESCRIPTION, EXAMPLES)
+    add_overrides(parser, "overrides as `cnnbench train` takes them (dataset=NAME, ...)")
+    parser.add_argument(
+        "--out",
+        metavar="PATH",
+        help="PNG file, or a DIR to write the default name into "
+        "(default samples_DATASET_TRANSFORMS.png)",
+    )
+    opts = parse_command(parser, args)
     with user_errors():
-        out, args = _pop_out(args)
-        cfg, data = load_for_command(args)
+        cfg, data = load_for_command(opts.overrides)
         channels = data.input_size[0]
         train_tf, _ = build_transforms(cfg.transforms, data.train_stats, channels)
         mean, std = resolve_stats(cfg.transforms, data.train_stats, channels)
@@ -80,7 +92,7 @@ def run_cli(args: list[str]) -> None:
         x, y = next(iter(loader))
         shown = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
         titles = [data.classes[i] for i in y.tolist()]
-        path = Path(out or f"samples_{cfg.dataset.name}_{cfg.transforms.name}.png").expanduser()
+        path = output_path(opts.out, f"samples_{cfg.dataset.name}_{cfg.transforms.name}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
         sample_grid(shown.clamp(0, 1), titles, path)
         print(path.resolve())

@@ -16,8 +16,19 @@ import time
 from ..config import check_values, compose_checked
 from ..data import DataSplits, load_dataset
 from ..errors import user_errors
+from .args import add_overrides, command_parser, parse_command
 
 log = logging.getLogger("cnnbench")
+
+USAGE = "cnnbench stats [dataset=NAME] [overrides...]"
+DESCRIPTION = """
+Per-channel mean/std of a dataset's training split: what `transforms.normalize=auto` uses
+(cached per dataset), printed with the overrides that pin them explicitly.
+"""
+EXAMPLES = (
+    "cnnbench stats dataset=cifar10",
+    "cnnbench stats dataset=folder dataset.root=~/pets",
+)
 
 
 def load_for_command(args: list[str]) -> tuple[object, DataSplits]:
@@ -42,12 +53,12 @@ def format_stats(mean: list[float], std: list[float]) -> str:
 
 def run_cli(args: list[str]) -> None:
     """`cnnbench stats [overrides...]`: print the train split's per-channel mean and std."""
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__.strip())
-        return
+    parser = command_parser("stats", USAGE, DESCRIPTION, EXAMPLES)
+    add_overrides(parser, "overrides as `cnnbench train` takes them (dataset=NAME, ...)")
+    overrides = parse_command(parser, args).overrides
     with user_errors():
         start = time.perf_counter()
-        cfg, data = load_for_command(args)
+        cfg, data = load_for_command(overrides)
         mean, std = data.train_stats()
         c, h, w = data.input_size
         print(

@@ -19,19 +19,21 @@ from ..errors import user_errors
 from ..models import count_params, get_model_info
 from ..models.summary import summary_table
 from ..train import build_data, build_model
+from .args import add_overrides, command_parser, parse_command
 
-USAGE = """usage: cnnbench summary model=NAME [dataset=NAME] [other overrides...]
-
+USAGE = "cnnbench summary model=NAME [dataset=NAME] [overrides...]"
+DESCRIPTION = """
 Print the torchsummary table of a model without training it. The overrides are the ones
 `cnnbench train` takes. Without a dataset the model gets its native input size and default
 classes; with dataset=... it is built for that dataset (channels, classes, image size after
 the transforms). `cnnbench models` lists the names.
-
-examples:
-  cnnbench summary model=alexnet_original
-  cnnbench summary model=alexnet_cifar dataset=cifar10
-  cnnbench summary model=alexnet dataset=fake transforms.resize=224 model.weights=alexnet-owt-7be5be79.pth
 """
+EXAMPLES = (
+    "cnnbench summary model=alexnet_original",
+    "cnnbench summary model=alexnet_cifar dataset=cifar10",
+    "cnnbench summary model=alexnet dataset=fake transforms.resize=224 "
+    "model.weights=alexnet-owt-7be5be79.pth",
+)
 
 
 def _overridden(args: list[str], group: str) -> bool:
@@ -65,11 +67,13 @@ def summarize(cfg: DictConfig, use_dataset: bool, use_transforms: bool) -> str:
 
 def run_cli(args: list[str]) -> None:
     """`cnnbench summary OVERRIDES`."""
-    if any(a in ("-h", "--help") for a in args):
-        print(USAGE, end="")
-        return
+    parser = command_parser("summary", USAGE, DESCRIPTION, EXAMPLES)
+    add_overrides(parser, "overrides as `cnnbench train` takes them (model=NAME, dataset=...)")
+    overrides = parse_command(parser, args).overrides
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     with user_errors():
-        cfg = compose_checked(args)
-        text = summarize(cfg, _overridden(args, "dataset"), _overridden(args, "transforms"))
+        cfg = compose_checked(overrides)
+        text = summarize(
+            cfg, _overridden(overrides, "dataset"), _overridden(overrides, "transforms")
+        )
     print(text, end="", flush=True)

@@ -43,6 +43,7 @@ from ..sweep import (
     run_sweep_job,
 )
 from ..train import train
+from .args import check_train_args
 
 WORKER_LOGGING = "hydra/job_logging=cnnbench_worker"  # DDP ranks > 0: warnings only, no train.log
 
@@ -145,6 +146,7 @@ def distributed_args(launch: Launch) -> Launch:
 
 def run_cli(args: list[str]) -> None:
     """`cnnbench train ARGS`: validate, then hand over to Hydra (which reads sys.argv)."""
+    check_train_args(args)  # `--epochs 3`, `+epochs=3`: name the override to use instead
     with user_errors():
         launch = distributed_args(hydra_args(args))
     sys.argv = ["cnnbench train", *launch.args]
