@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import read_json
+from conftest import assert_upright, read_json, save_sideways_jpeg, upright_pattern
 from PIL import Image
 from scipy import stats as scipy_stats
 
 from cnnbench.config import compose_checked
 from cnnbench.data import ImageFiles, ImageTensors, TensorLoader, build_transforms, load_dataset
 from cnnbench.data import images as images_module
+from cnnbench.data.folder import load_folder
 from cnnbench.data.images import BadImage, decode_file
 from cnnbench.data.stats import channel_stats
 from cnnbench.data.transforms import random_crop, random_resized_crop, resized_crop_params
@@ -59,7 +60,7 @@ def add_broken_files(folder: Path) -> dict[str, str]:
 
 
 def add_odd_modes(folder: Path) -> dict[str, int]:
-    """Grayscale, RGBA, palette, CMYK and 16-bit PNG images; returns name -> expected gray value."""
+    """Grayscale, RGBA, palette, CMYK and 16-bit PNG images; returns name -> expected value."""
     h, w = 12, 16
     Image.fromarray(np.full((h, w), 100, np.uint8)).save(folder / "gray.png")
     Image.fromarray(np.full((h, w, 4), 100, np.uint8)).save(folder / "rgba.png")
@@ -68,7 +69,7 @@ def add_odd_modes(folder: Path) -> dict[str, int]:
     Image.fromarray(np.full((h, w), 100 * 257, np.uint16)).save(folder / "wide16.png")
     return {
         "gray.png": 100,
-        "rgba.png": 100,
+        "rgba.png": 194,  # 100 at alpha 100/255 onto white: 100 * 100/255 + 255 * 155/255
         "palette.png": 100,
         "cmyk.jpg": 100,
         "wide16.png": 100,
@@ -179,6 +180,50 @@ def test_decode_resizes_and_reports_reasons(tmp_path):
     (tmp_path / "y.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     with pytest.raises(BadImage, match="not an image file"):
         decode_file(str(tmp_path / "y.png"), None)
+
+
+def test_exif_orientation_turns_images_upright_in_decode_and_in_the_scan(tmp_path):
+    root = tmp_path / "photos"
+    (root / "sideways").mkdir(parents=True)
+    (root / "upright").mkdir()
+    arr = upright_pattern(96, 160)
+    save_sideways_jpeg(root / "sideways" / "a.jpg", arr)
+    Image.fromarray(arr).save(root / "upright" / "a.jpg", quality=95)
+    with Image.open(root / "sideways" / "a.jpg") as im:
+        assert im.size == (96, 160)  # stored portrait (W, H): its pixels lie on their side
+    full = decode_file(str(root / "sideways" / "a.jpg"), None)
+    assert full.shape == (3, 96, 160)
+    assert_upright(full)
+    small = decode_file(str(root / "sideways" / "a.jpg"), (24, 40))  # JPEG draft at 1/4 scale
+    assert small.shape == (3, 24, 40)
+    assert_upright(small)
+    # The scan: both files have one native size only once the sideways one is turned upright.
+    cfg = dataset_cfg(root, tmp_path)
+    splits, classes, skipped, _ = load_folder(cfg.dataset, cfg.transforms, 0, progress=False)
+    images = splits["all"].images
+    assert classes == ["sideways", "upright"] and skipped == []
+    assert images.shape == (2, 3, 96, 160) and torch.equal(images[0], full)
+    assert (images[0].float() - images[1].float()).abs().mean() < 3  # two JPEG encodings
+
+
+def test_16bit_gray_is_rescaled_not_clipped_for_rgb_and_gray_models(tmp_path):
+    levels = np.array([[0, 257, 100 * 257, 128 * 257 + 100, 65535]], np.uint16)
+    Image.fromarray(levels).save(tmp_path / "wide16.png")
+    for channels in (3, 1):
+        x = decode_file(str(tmp_path / "wide16.png"), None, channels)
+        assert x.shape == (channels, 1, 5)
+        assert x[0, 0].tolist() == [0, 1, 100, 128, 255] and bool((x == x[0]).all())
+
+
+def test_transparency_is_composited_onto_white_for_rgb_and_gray_models(tmp_path):
+    rgba = np.array([[[200, 0, 0, 255], [0, 0, 0, 0], [0, 0, 200, 128]]], np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    x = decode_file(str(tmp_path / "rgba.png"), None)
+    # opaque: its color; transparent: white; half: 200 * 128/255 + 255 * 127/255 = 227.4
+    assert x.permute(1, 2, 0)[0].tolist() == [[200, 0, 0], [255, 255, 255], [127, 127, 227]]
+    gray = decode_file(str(tmp_path / "rgba.png"), None, 1)
+    luma = [round(0.299 * r + 0.587 * g + 0.114 * b) for r, g, b in [(200, 0, 0), (127, 127, 227)]]
+    assert gray[0, 0].tolist() == [luma[0], 255, luma[1]]
 
 
 # ---------------------------------------------------------------- layouts, splits, errors

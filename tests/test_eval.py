@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, read_json, run_cnnbench
+from conftest import (
+    TINY,
+    assert_upright,
+    read_json,
+    run_cnnbench,
+    save_sideways_jpeg,
+    upright_pattern,
+)
 from PIL import Image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -179,10 +186,55 @@ def test_predict_out_dir_and_nothing_readable(run, tmp_path, capsys):
         main(["predict", str(run), str(bad), "--out", str(tmp_path / "preds"), "--device", "cpu"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert f"skipped 1 unreadable file(s):\n  {bad}: UnidentifiedImageError" in err
+    assert f"skipped 1 unreadable file(s):\n  {bad}: not an image file" in err
     assert err.splitlines()[-1].startswith(f"error: no readable images among {bad}")
     assert "bad.png" in (tmp_path / "preds" / "skipped.csv").read_text()
     assert not (tmp_path / "preds" / "predictions.csv").exists()
+
+
+def test_predict_decodes_exactly_as_the_folder_scan(run, tmp_path, monkeypatch):
+    """An EXIF-rotated JPEG, a 16-bit gray PNG and an RGBA PNG: predict feeds the model the very
+    pixels a folder run stores for training (dataset.image_size = the model's input size)."""
+    import cnnbench.commands.predict as predict_module
+    from cnnbench.config import compose_checked
+    from cnnbench.data.folder import load_folder
+    from cnnbench.data.transforms import BatchTransform
+
+    root = tmp_path / "images"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    save_sideways_jpeg(root / "a" / "sideways.jpg", upright_pattern(96, 160))
+    ramp = np.tile(np.linspace(0, 65535, 50).round().astype(np.uint16), (40, 1))
+    Image.fromarray(ramp).save(root / "a" / "wide16.png")
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[:, 20:] = (0, 0, 200, 255)  # left half fully transparent (and black underneath)
+    Image.fromarray(rgba).save(root / "b" / "rgba.png")
+    files = [root / "a" / "sideways.jpg", root / "a" / "wide16.png", root / "b" / "rgba.png"]
+
+    cfg = compose_checked(
+        ["dataset=folder", f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'cache'}"]
+        + ["dataset.image_size=32"]
+    )
+    splits, *_ = load_folder(cfg.dataset, cfg.transforms, 0, progress=False)
+    scanned = dict(zip(splits["all"].files, splits["all"].images, strict=True))
+    fed = []
+
+    class Recording(BatchTransform):
+        def __call__(self, x, gen=None):
+            fed.append(x.cpu().clone())
+            return super().__call__(x, gen)
+
+    monkeypatch.setattr(predict_module, "BatchTransform", Recording)
+    predict_module.predict(run, files, tmp_path / "out", device_name="cpu")
+    (batch,) = fed
+    for path, x in zip(files, batch, strict=True):
+        assert torch.equal(x, scanned[str(path.relative_to(root))]), path
+    assert_upright(batch[0])
+    ramp_row = batch[1][0, 0].tolist()  # 0..65535 rescaled to 0..255 (a clip gives all 255)
+    assert ramp_row == sorted(ramp_row) and ramp_row[0] <= 5 and ramp_row[-1] >= 250
+    assert abs(ramp_row[16] - 128) <= 8 and bool((batch[1] == batch[1][0]).all())
+    assert batch[2][:, :, :8].unique().tolist() == [255]  # transparent: white, not black
+    assert batch[2][:, :, -8:].flatten(1).unique(dim=1).tolist() == [[0], [0], [200]]
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,13 @@
 
     cnnbench predict outputs/2026-11-23/12-00-00 cat.jpg photos/ [--out DIR]
 
-Each image is loaded with PIL, converted to the model's channels (RGB or L), resized to its
-input size and normalized with the run's statistics (stored in best.pt). Writes
-predictions.csv (path, predicted label, its probability, top-5) and predictions.png (a grid
-of the images with their labels) to RUN_DIR/predict or --out DIR. Unreadable files are
-listed on screen and in skipped.csv; they do not stop the others.
+Each image is decoded exactly as training decodes folder images (`data.images.decode_file`:
+upright by its EXIF orientation, in the model's channels (RGB or L), 16-bit gray rescaled,
+transparency onto white, resized to the model's input size), then normalized with the run's
+statistics (stored in best.pt). Writes predictions.csv (path, predicted label, its
+probability, top-5) and predictions.png (a grid of the images as the model saw them, with
+their labels) to RUN_DIR/predict or --out DIR. Unreadable files are listed on screen and in
+skipped.csv; they do not stop the others.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..checkpoint import atomic_write_text
 from ..config import DeviceConfig, DeviceName
+from ..data.images import BadImage, decode_file
 from ..data.transforms import BatchTransform
 from ..device import resolve_device
 from ..errors import CnnbenchError, user_errors
@@ -70,17 +72,6 @@ def find_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     return files, missing
 
 
-def load_image(path: Path, mode: str) -> Any:
-    """The image at `path` in PIL `mode` ('RGB' or 'L'); raises OSError/ValueError if unreadable."""
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:  # onto white
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert(mode)
-        return img.convert(mode)
-
-
 def normalization(run_dir: Path, ckpt: dict[str, Any]) -> tuple[list, list]:
     """Mean/std the run normalized with: from best.pt, else recomputed from the saved config."""
     if ckpt.get("mean") is not None and ckpt.get("std") is not None:
@@ -113,7 +104,6 @@ def predict(
     device = resolve_device(DeviceConfig(name=DeviceName(device_name)))
     model = model_from_checkpoint(ckpt, device)
     transform = BatchTransform(train=False, mean=mean, std=std)
-    mode = "L" if channels == 1 else "RGB"
     k = min(5, len(classes))
 
     files, skipped = find_images([Path(p) for p in paths])
@@ -122,18 +112,18 @@ def predict(
     for batch in _batches(files, batch_size):
         tensors, kept = [], []
         for path in batch:
-            try:
-                img = load_image(path, mode)
-            except Exception as err:  # PIL raises OSError, ValueError, DecompressionBombError...
-                skipped.append((path, f"{err.__class__.__name__}: {err}".splitlines()[0]))
+            try:  # the decode training used: upright, same channels, size and conversions
+                x = decode_file(str(path), (height, width), channels)
+            except Exception as err:  # noqa: BLE001 (one odd file never stops the others)
+                text = str(err) if isinstance(err, BadImage) else f"{type(err).__name__}: {err}"
+                skipped.append((path, text.splitlines()[0] if text else type(err).__name__))
                 continue
-            resized = img.resize((width, height), resample=Image.Resampling.BILINEAR)
-            arr = np.asarray(resized, dtype=np.uint8).reshape(height, width, channels)
-            tensors.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+            tensors.append(x)
             kept.append(path)
-            if len(thumbs) < grid_max:
-                img.thumbnail((128, 128))
-                thumbs.append(img)
+            if len(thumbs) < grid_max:  # what the model saw
+                thumb = Image.fromarray(x.permute(1, 2, 0).squeeze(2).numpy())
+                thumb.thumbnail((128, 128))
+                thumbs.append(thumb)
         if not kept:
             continue
         probs = model(transform(torch.stack(tensors).to(device))).float().softmax(dim=1).cpu()
@@ -156,10 +146,8 @@ def predict(
     out_dir = Path(out_dir) if out_dir else run_dir / "predict"
     out_dir.mkdir(parents=True, exist_ok=True)
     if skipped:
-        atomic_write_text(
-            out_dir / "skipped.csv",
-            _csv(["path", "reason"], [dict(path=str(p), reason=r) for p, r in skipped]),
-        )
+        listed = [dict(path=str(p), reason=r) for p, r in skipped]
+        atomic_write_text(out_dir / "skipped.csv", _csv(["path", "reason"], listed))
     else:
         (out_dir / "skipped.csv").unlink(missing_ok=True)  # from an earlier call
     if rows:
