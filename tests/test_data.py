@@ -330,6 +330,103 @@ def test_max_per_class_picks_a_seeded_subset(tmp_path, pets):
     assert again.train.files == data.train.files
 
 
+# ---------------------------------------------------------------- links and duplicates
+
+
+def all_files(data) -> dict[str, int]:
+    """Every file of the three splits -> its label; asserts that none is in two places."""
+    files = data.train.files + data.val.files + data.test.files
+    labels = torch.cat([data.train.labels, data.val.labels, data.test.labels]).tolist()
+    assert len(set(files)) == len(files)
+    return dict(zip(files, labels, strict=True))
+
+
+def left_out(data, root: Path) -> dict[str, str]:
+    """Skipped paths relative to `root` -> their reason, up to the first ' ('."""
+    return {str(Path(s.path).relative_to(root)): s.reason.split(" (")[0] for s in data.skipped}
+
+
+def test_a_symlink_loop_is_never_followed(tmp_path, pets, caplog):
+    """The issue's tree: with cat/loop -> .., 10 images became 4,552, dogs labelled cat."""
+    os.symlink("..", pets / "cat" / "loop")
+    write_images(pets / "cat" / "sub", 1, (200, 60, 60))
+    os.symlink("..", pets / "cat" / "sub" / "up")  # a loop one level down, back to cat/
+    with caplog.at_level(logging.WARNING, logger="cnnbench"):
+        data = load(pets, tmp_path, "dataset.splits=[41,4,4]")
+    files = all_files(data)
+    assert len(files) == 49
+    assert {f: y for f, y in files.items() if y == 1} == {f"dog/{i:03d}.jpg": 1 for i in range(24)}
+    assert set(files) - {f"dog/{i:03d}.jpg" for i in range(24)} == {
+        *(f"cat/{i:03d}.jpg" for i in range(24)),
+        "cat/sub/000.jpg",
+    }
+    assert left_out(data, pets) == {"cat/loop": "symlink loop", "cat/sub/up": "symlink loop"}
+    assert f"left out 2 link(s), duplicate(s) or folder(s) in {pets}: 2 symlink loop" in caplog.text
+
+
+def test_a_link_into_another_class_leaves_its_images_where_they_are(tmp_path, pets):
+    os.symlink("../dog", pets / "cat" / "dogs")
+    os.symlink("../dog/000.jpg", pets / "cat" / "dog0.jpg")
+    files = all_files(load(pets, tmp_path, "dataset.splits=[40,4,4]"))
+    assert len(files) == 48
+    assert all(y == (f.startswith("dog/")) for f, y in files.items())
+    assert not any(f.startswith(("cat/dogs", "cat/dog0")) for f in files)
+    data = load(pets, tmp_path, "dataset.splits=[40,4,4]")
+    assert left_out(data, pets) == {
+        "cat/dogs": "link inside the dataset",
+        "cat/dog0.jpg": "link inside the dataset",
+    }
+
+
+def test_links_out_of_the_dataset_are_followed_once(tmp_path, pets):
+    """Users link datasets in: followed, but an outside folder is taken once, loops never."""
+    photos = tmp_path / "photos"
+    write_images(photos, 4, (200, 60, 60), seed=3)
+    os.symlink(".", photos / "self")
+    write_images(tmp_path / "elsewhere", 1, (60, 60, 200), seed=4)
+    os.symlink(photos, pets / "cat" / "a_photos")
+    os.symlink(photos, pets / "cat" / "b_photos")  # the same folder again
+    os.symlink(tmp_path / "elsewhere" / "000.jpg", pets / "dog" / "linked.jpg")
+    data = load(pets, tmp_path, "dataset.splits=[45,4,4]")
+    files = all_files(data)
+    assert len(files) == 48 + 4 + 1
+    assert {f: files[f] for f in files if "/a_photos/" in f or "linked" in f} == {
+        **{f"cat/a_photos/{i:03d}.jpg": 0 for i in range(4)},
+        "dog/linked.jpg": 1,
+    }
+    assert left_out(data, pets) == {
+        "cat/b_photos": "duplicate",
+        "cat/a_photos/self": "symlink loop",
+    }
+
+
+def test_a_file_reached_from_two_classes_is_left_out_of_both(tmp_path, pets):
+    write_images(tmp_path / "outside", 1, (90, 90, 90))
+    os.symlink(tmp_path / "outside" / "000.jpg", pets / "cat" / "x.jpg")
+    os.symlink(tmp_path / "outside" / "000.jpg", pets / "dog" / "x.jpg")
+    os.link(pets / "dog" / "001.jpg", pets / "cat" / "hard.jpg")  # a hard link, no symlink
+    data = load(pets, tmp_path, "dataset.splits=[40,3,4]")
+    files = all_files(data)
+    assert len(files) == 47 and not {"cat/x.jpg", "dog/x.jpg", "cat/hard.jpg"} & set(files)
+    assert "dog/001.jpg" not in files
+    assert left_out(data, pets) == dict.fromkeys(
+        ["cat/x.jpg", "dog/x.jpg", "cat/hard.jpg", "dog/001.jpg"], "ambiguous label"
+    )
+
+
+@pytest.mark.parametrize("link,target", [("dog", "cat"), ("val", "train")])
+def test_a_class_or_split_folder_linked_into_the_dataset_is_an_error(tmp_path, link, target):
+    root = tmp_path / "data"
+    parent = root / "train" if link == "val" else root
+    write_images(parent / "cat", 3, (200, 60, 60))
+    if link == "val":
+        write_images(parent / "dog", 3, (60, 60, 200))
+    os.symlink(target, root / link)
+    message = f"{root / link} is a link to {root / target}, which overlaps the dataset folder"
+    with pytest.raises(CnnbenchError, match=re.escape(message)):
+        load(root, tmp_path)
+
+
 # ---------------------------------------------------------------- cache, memory budget, streaming
 
 
