@@ -129,3 +129,13 @@ def save_sideways_jpeg(path: Path, arr) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     Image.fromarray(arr).transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif)
+
+
+def odd_name(folder: Path, raw: bytes) -> Path:
+    """An empty file folder/raw whose name is not UTF-8 (skips where the file system refuses)."""
+    path = os.fsencode(folder) + b"/" + raw
+    try:
+        open(path, "wb").close()
+    except OSError:
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    return Path(os.fsdecode(path))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_upright, read_json, save_sideways_jpeg, upright_pattern
+from conftest import assert_upright, odd_name, read_json, save_sideways_jpeg, upright_pattern
 from PIL import Image
 from scipy import stats as scipy_stats
 
@@ -330,7 +330,7 @@ def test_max_per_class_picks_a_seeded_subset(tmp_path, pets):
     assert again.train.files == data.train.files
 
 
-# ---------------------------------------------------------------- links and duplicates
+# ---------------------------------------------------------------- links, duplicates, odd names
 
 
 def all_files(data) -> dict[str, int]:
@@ -425,6 +425,44 @@ def test_a_class_or_split_folder_linked_into_the_dataset_is_an_error(tmp_path, l
     message = f"{root / link} is a link to {root / target}, which overlaps the dataset folder"
     with pytest.raises(CnnbenchError, match=re.escape(message)):
         load(root, tmp_path)
+
+
+def test_names_that_are_not_utf8_are_kept_and_written_escaped(tmp_path, pets):
+    good = odd_name(pets / "dog", b"\xfe.jpg")
+    good.write_bytes((pets / "dog" / "000.jpg").read_bytes())
+    odd_name(pets / "cat", b"\xff.jpg").write_bytes(b"not an image")
+    data = load(pets, tmp_path, "dataset.splits=[41,4,4]")
+    assert all_files(data)[os.fsdecode(b"dog/\xfe.jpg")] == 1
+    text = data.skipped_text()
+    assert text == f"{pets}/cat/\\xff.jpg\tnot an image file\n"
+    assert text.encode("utf-8").decode("utf-8") == text  # plain UTF-8 to write
+
+
+def test_symlink_loops_and_odd_names_are_listed_with_the_run(cli, tmp_path, pets):
+    os.symlink("..", pets / "cat" / "loop")
+    odd_name(pets / "dog", b"\xfe.jpg").write_bytes((pets / "dog" / "000.jpg").read_bytes())
+    odd_name(pets / "cat", b"\xff.jpg").write_bytes(b"not an image")
+    proc = cli(
+        "train",
+        "dataset=folder",
+        f"dataset.root={pets}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        "dataset.image_size=32",
+        "dataset.splits=[41,4,4]",
+        "epochs=1",
+        "device=cpu",
+        "progress=false",
+        "hydra.run.dir=run",
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert f"left out 1 link(s), duplicate(s) or folder(s) in {pets}: 1 symlink loop" in out
+    assert f"skipped 1 of 50 files in {pets}: 1 not an image file" in out
+    assert (tmp_path / "run" / "skipped_files.txt").read_text(encoding="utf-8").splitlines() == [
+        f"{pets}/cat/loop\tsymlink loop (points back to {pets})",
+        f"{pets}/cat/\\xff.jpg\tnot an image file",
+    ]
 
 
 # ---------------------------------------------------------------- cache, memory budget, streaming

@@ -12,6 +12,7 @@ import yaml
 from conftest import (
     TINY,
     assert_upright,
+    odd_name,
     read_json,
     run_cnnbench,
     save_sideways_jpeg,
@@ -235,6 +236,25 @@ def test_predict_decodes_exactly_as_the_folder_scan(run, tmp_path, monkeypatch):
     assert abs(ramp_row[16] - 128) <= 8 and bool((batch[1] == batch[1][0]).all())
     assert batch[2][:, :, :8].unique().tolist() == [255]  # transparent: white, not black
     assert batch[2][:, :, -8:].flatten(1).unique(dim=1).tolist() == [[0], [0], [200]]
+
+
+def test_predict_keeps_the_good_results_next_to_names_that_are_not_utf8(run, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    noise = np.random.default_rng(1).integers(0, 255, (32, 32, 3), np.uint8)
+    Image.fromarray(noise).save(folder / "plain.png")
+    odd_name(folder, b"\xff.png").write_bytes((folder / "plain.png").read_bytes())
+    odd_name(folder, b"\xfe.png").write_bytes(b"not a png")
+    # A terminal that takes nothing but UTF-8: printing a raw surrogate would crash it.
+    env = {"PYTHONIOENCODING": "utf-8:strict"}
+    proc = run_cnnbench("predict", str(run), str(folder), "--out", "out", cwd=tmp_path, env=env)
+    rows = read_csv(tmp_path / "out" / "predictions.csv")
+    assert [r["path"] for r in rows] == [f"{folder}/plain.png", f"{folder}/\\xff.png"]
+    assert rows[0]["top5"] == rows[1]["top5"]  # the same pixels under both names
+    assert read_csv(tmp_path / "out" / "skipped.csv") == [
+        {"path": f"{folder}/\\xfe.png", "reason": "not an image file"}
+    ]
+    assert f"{folder}/\\xff.png: " in proc.stdout and "(2 images)" in proc.stdout
 
 
 @pytest.fixture(scope="module")

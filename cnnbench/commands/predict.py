@@ -8,7 +8,8 @@ transparency onto white, resized to the model's input size), then normalized wit
 statistics (stored in best.pt). Writes predictions.csv (path, predicted label, its
 probability, top-5) and predictions.png (a grid of the images as the model saw them, with
 their labels) to RUN_DIR/predict or --out DIR. Unreadable files are listed on screen and in
-skipped.csv; they do not stop the others.
+skipped.csv; they do not stop the others. Names that are not UTF-8 are
+written with \\xNN escapes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from PIL import Image
 
 from ..checkpoint import atomic_write_text
 from ..config import DeviceConfig, DeviceName
-from ..data.images import BadImage, decode_file
+from ..data.images import BadImage, decode_file, printable
 from ..data.transforms import BatchTransform
 from ..device import resolve_device
 from ..errors import CnnbenchError, user_errors
@@ -131,7 +132,7 @@ def predict(
         for path, p_row, i_row in zip(kept, top_p.tolist(), top_i.tolist(), strict=True):
             rows.append(
                 dict(
-                    path=str(path),
+                    path=printable(str(path)),  # a non-UTF-8 name as \\xNN: writable, printable
                     label=classes[i_row[0]],
                     probability=p_row[0],
                     top5=";".join(
@@ -140,13 +141,14 @@ def predict(
                 )
             )
             if len(titles) < len(thumbs):
-                name = path.name if len(path.name) <= 20 else path.name[:19] + "…"
+                name = printable(path.name)
+                name = name if len(name) <= 20 else name[:19] + "…"
                 titles.append(f"{name}\n{classes[i_row[0]]} ({p_row[0]:.0%})")
 
     out_dir = Path(out_dir) if out_dir else run_dir / "predict"
     out_dir.mkdir(parents=True, exist_ok=True)
     if skipped:
-        listed = [dict(path=str(p), reason=r) for p, r in skipped]
+        listed = [dict(path=printable(str(p)), reason=printable(r)) for p, r in skipped]
         atomic_write_text(out_dir / "skipped.csv", _csv(["path", "reason"], listed))
     else:
         (out_dir / "skipped.csv").unlink(missing_ok=True)  # from an earlier call

@@ -37,6 +37,19 @@ class BadImage(Exception):
     """A file that cannot be used as an image; the message is the reason shown to the user."""
 
 
+def printable(text: str) -> str:
+    """`text` (a path from the file system) with undecodable bytes as \\xNN escapes.
+
+    os.fsdecode keeps a non-UTF-8 byte of a file name as a lone surrogate, which cannot be
+    written as UTF-8 or printed to a strict stdout; b'\\xff.jpg' becomes the text '\\xff.jpg'.
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _gray8(im: Image.Image) -> Image.Image:
     """16-bit, 32-bit or float grayscale as 8-bit L, rescaled instead of clipped at 255."""
     arr = np.asarray(im, dtype=np.float64)
