@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,6 +257,24 @@ def test_predict_keeps_the_good_results_next_to_names_that_are_not_utf8(run, tmp
         {"path": f"{folder}/\\xfe.png", "reason": "not an image file"}
     ]
     assert f"{folder}/\\xff.png: " in proc.stdout and "(2 images)" in proc.stdout
+
+
+def test_predict_lists_broken_links(run, tmp_path):
+    from cnnbench.commands.predict import predict
+
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "ok.png")
+    os.symlink("gone.png", folder / "sub" / "dangling.png")
+    os.symlink(tmp_path / "no-such-folder", folder / "photos")
+    os.symlink("nowhere.jpg", tmp_path / "given.jpg")
+    result = predict(run, [folder, tmp_path / "given.jpg"], tmp_path / "out", device_name="cpu")
+    assert [Path(r["path"]).name for r in result["rows"]] == ["ok.png"]
+    assert read_csv(tmp_path / "out" / "skipped.csv") == [
+        {"path": f"{folder}/photos", "reason": f"broken link (to {tmp_path}/no-such-folder)"},
+        {"path": f"{folder}/sub/dangling.png", "reason": "broken link (to gone.png)"},
+        {"path": f"{tmp_path}/given.jpg", "reason": "broken link (to nowhere.jpg)"},
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ transparency onto white, resized to the model's input size), then normalized wit
 statistics (stored in best.pt). Writes predictions.csv (path, predicted label, its
 probability, top-5) and predictions.png (a grid of the images as the model saw them, with
 their labels) to RUN_DIR/predict or --out DIR. Unreadable files are listed on screen and in
-skipped.csv; they do not stop the others. Names that are not UTF-8 are
+skipped.csv (broken links too); they do not stop the others. Names that are not UTF-8 are
 written with \\xNN escapes.
 """
 
@@ -18,6 +18,7 @@ import argparse
 import csv
 import io
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,19 +56,26 @@ CSV_FIELDS = ["path", "label", "probability", "top5"]
 
 
 def find_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Files to classify (folders searched recursively for image suffixes) and missing paths."""
+    """Files to classify (folders searched recursively for image suffixes) and the paths left
+    out with a reason: missing, broken links (in folders too), folders without images."""
     files: list[Path] = []
     missing: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not found:
+            found, broken = [], []
+            for p in sorted(path.rglob("*")):
+                if p.is_symlink() and not p.exists():
+                    broken.append((p, f"broken link (to {os.readlink(p)})"))
+                elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append(p)
+            if not found and not broken:
                 missing.append((path, "folder holds no image files"))
             files += found
+            missing += broken
         elif path.is_file():
             files.append(path)
+        elif path.is_symlink():
+            missing.append((path, f"broken link (to {os.readlink(path)})"))
         else:
             missing.append((path, "no such file or directory"))
     return files, missing
