@@ -95,3 +95,49 @@ def cli(tmp_path):
         return run_cnnbench(*args, cwd=kw.pop("cwd", tmp_path), **kw)
 
     return run
+
+
+# ---------------------------------------------------------------- images that are easy to get wrong
+
+
+def upright_pattern(h: int = 96, w: int = 160):
+    """An H x W RGB array whose orientation shows: green top band, red left, blue right below."""
+    import numpy as np
+
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:, : w // 2] = (220, 30, 30)
+    arr[:, w // 2 :] = (30, 30, 220)
+    arr[: h // 4] = (30, 220, 30)
+    return arr
+
+
+def assert_upright(x) -> None:
+    """`x` (3 x H x W uint8) shows upright_pattern: bands where they belong, at any size."""
+    h, w = x.shape[1:]
+    regions = {
+        (30, 220, 30): x[:, : h // 5, :],
+        (220, 30, 30): x[:, h // 2 :, : w * 2 // 5],
+        (30, 30, 220): x[:, h // 2 :, w * 3 // 5 :],
+    }
+    for color, region in regions.items():
+        mean = region.float().mean(dim=(1, 2)).tolist()
+        assert mean == pytest.approx(color, abs=15), (color, mean)
+
+
+def save_sideways_jpeg(path: Path, arr) -> None:
+    """`arr` stored turned 90 degrees counterclockwise, with EXIF orientation 6 (turn it back)."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(arr).transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif)
+
+
+def odd_name(folder: Path, raw: bytes) -> Path:
+    """An empty file folder/raw whose name is not UTF-8 (skips where the file system refuses)."""
+    path = os.fsencode(folder) + b"/" + raw
+    try:
+        open(path, "wb").close()
+    except OSError:
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    return Path(os.fsdecode(path))

@@ -159,7 +159,18 @@ CASES: dict[str, Case] = {
         ],
         "cat",
     ),
+    "class folder linked to another class folder": (
+        lambda tmp, run: [*TINY, "dataset=folder", f"dataset.root={_linked_class(tmp)}"],
+        ("images/dog is a link to ", "images/cat, which overlaps the dataset folder", "link"),
+    ),
 }
+
+
+def _linked_class(tmp: Path) -> Path:
+    """An image folder whose class dog/ is a link to its class cat/."""
+    root = _image_folder(tmp, ["cat"])
+    os.symlink("cat", root / "dog")
+    return root
 
 
 def _file(tmp: Path) -> Path:

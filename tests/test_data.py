@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import read_json
+from conftest import assert_upright, odd_name, read_json, save_sideways_jpeg, upright_pattern
 from PIL import Image
 from scipy import stats as scipy_stats
 
 from cnnbench.config import compose_checked
 from cnnbench.data import ImageFiles, ImageTensors, TensorLoader, build_transforms, load_dataset
 from cnnbench.data import images as images_module
+from cnnbench.data.folder import load_folder
 from cnnbench.data.images import BadImage, decode_file
 from cnnbench.data.stats import channel_stats
 from cnnbench.data.transforms import random_crop, random_resized_crop, resized_crop_params
@@ -59,7 +60,7 @@ def add_broken_files(folder: Path) -> dict[str, str]:
 
 
 def add_odd_modes(folder: Path) -> dict[str, int]:
-    """Grayscale, RGBA, palette, CMYK and 16-bit PNG images; returns name -> expected gray value."""
+    """Grayscale, RGBA, palette, CMYK and 16-bit PNG images; returns name -> expected value."""
     h, w = 12, 16
     Image.fromarray(np.full((h, w), 100, np.uint8)).save(folder / "gray.png")
     Image.fromarray(np.full((h, w, 4), 100, np.uint8)).save(folder / "rgba.png")
@@ -68,7 +69,7 @@ def add_odd_modes(folder: Path) -> dict[str, int]:
     Image.fromarray(np.full((h, w), 100 * 257, np.uint16)).save(folder / "wide16.png")
     return {
         "gray.png": 100,
-        "rgba.png": 100,
+        "rgba.png": 194,  # 100 at alpha 100/255 onto white: 100 * 100/255 + 255 * 155/255
         "palette.png": 100,
         "cmyk.jpg": 100,
         "wide16.png": 100,
@@ -181,6 +182,50 @@ def test_decode_resizes_and_reports_reasons(tmp_path):
         decode_file(str(tmp_path / "y.png"), None)
 
 
+def test_exif_orientation_turns_images_upright_in_decode_and_in_the_scan(tmp_path):
+    root = tmp_path / "photos"
+    (root / "sideways").mkdir(parents=True)
+    (root / "upright").mkdir()
+    arr = upright_pattern(96, 160)
+    save_sideways_jpeg(root / "sideways" / "a.jpg", arr)
+    Image.fromarray(arr).save(root / "upright" / "a.jpg", quality=95)
+    with Image.open(root / "sideways" / "a.jpg") as im:
+        assert im.size == (96, 160)  # stored portrait (W, H): its pixels lie on their side
+    full = decode_file(str(root / "sideways" / "a.jpg"), None)
+    assert full.shape == (3, 96, 160)
+    assert_upright(full)
+    small = decode_file(str(root / "sideways" / "a.jpg"), (24, 40))  # JPEG draft at 1/4 scale
+    assert small.shape == (3, 24, 40)
+    assert_upright(small)
+    # The scan: both files have one native size only once the sideways one is turned upright.
+    cfg = dataset_cfg(root, tmp_path)
+    splits, classes, skipped, _ = load_folder(cfg.dataset, cfg.transforms, 0, progress=False)
+    images = splits["all"].images
+    assert classes == ["sideways", "upright"] and skipped == []
+    assert images.shape == (2, 3, 96, 160) and torch.equal(images[0], full)
+    assert (images[0].float() - images[1].float()).abs().mean() < 3  # two JPEG encodings
+
+
+def test_16bit_gray_is_rescaled_not_clipped_for_rgb_and_gray_models(tmp_path):
+    levels = np.array([[0, 257, 100 * 257, 128 * 257 + 100, 65535]], np.uint16)
+    Image.fromarray(levels).save(tmp_path / "wide16.png")
+    for channels in (3, 1):
+        x = decode_file(str(tmp_path / "wide16.png"), None, channels)
+        assert x.shape == (channels, 1, 5)
+        assert x[0, 0].tolist() == [0, 1, 100, 128, 255] and bool((x == x[0]).all())
+
+
+def test_transparency_is_composited_onto_white_for_rgb_and_gray_models(tmp_path):
+    rgba = np.array([[[200, 0, 0, 255], [0, 0, 0, 0], [0, 0, 200, 128]]], np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    x = decode_file(str(tmp_path / "rgba.png"), None)
+    # opaque: its color; transparent: white; half: 200 * 128/255 + 255 * 127/255 = 227.4
+    assert x.permute(1, 2, 0)[0].tolist() == [[200, 0, 0], [255, 255, 255], [127, 127, 227]]
+    gray = decode_file(str(tmp_path / "rgba.png"), None, 1)
+    luma = [round(0.299 * r + 0.587 * g + 0.114 * b) for r, g, b in [(200, 0, 0), (127, 127, 227)]]
+    assert gray[0, 0].tolist() == [luma[0], 255, luma[1]]
+
+
 # ---------------------------------------------------------------- layouts, splits, errors
 
 
@@ -283,6 +328,141 @@ def test_max_per_class_picks_a_seeded_subset(tmp_path, pets):
     assert len(files) == 20 and sum(f.startswith("cat/") for f in files) == 10
     again = load(pets, tmp_path, "dataset.max_per_class=10", "dataset.splits=[14,3,3]")
     assert again.train.files == data.train.files
+
+
+# ---------------------------------------------------------------- links, duplicates, odd names
+
+
+def all_files(data) -> dict[str, int]:
+    """Every file of the three splits -> its label; asserts that none is in two places."""
+    files = data.train.files + data.val.files + data.test.files
+    labels = torch.cat([data.train.labels, data.val.labels, data.test.labels]).tolist()
+    assert len(set(files)) == len(files)
+    return dict(zip(files, labels, strict=True))
+
+
+def left_out(data, root: Path) -> dict[str, str]:
+    """Skipped paths relative to `root` -> their reason, up to the first ' ('."""
+    return {str(Path(s.path).relative_to(root)): s.reason.split(" (")[0] for s in data.skipped}
+
+
+def test_a_symlink_loop_is_never_followed(tmp_path, pets, caplog):
+    """The issue's tree: with cat/loop -> .., 10 images became 4,552, dogs labelled cat."""
+    os.symlink("..", pets / "cat" / "loop")
+    write_images(pets / "cat" / "sub", 1, (200, 60, 60))
+    os.symlink("..", pets / "cat" / "sub" / "up")  # a loop one level down, back to cat/
+    with caplog.at_level(logging.WARNING, logger="cnnbench"):
+        data = load(pets, tmp_path, "dataset.splits=[41,4,4]")
+    files = all_files(data)
+    assert len(files) == 49
+    assert {f: y for f, y in files.items() if y == 1} == {f"dog/{i:03d}.jpg": 1 for i in range(24)}
+    assert set(files) - {f"dog/{i:03d}.jpg" for i in range(24)} == {
+        *(f"cat/{i:03d}.jpg" for i in range(24)),
+        "cat/sub/000.jpg",
+    }
+    assert left_out(data, pets) == {"cat/loop": "symlink loop", "cat/sub/up": "symlink loop"}
+    assert f"left out 2 link(s), duplicate(s) or folder(s) in {pets}: 2 symlink loop" in caplog.text
+
+
+def test_a_link_into_another_class_leaves_its_images_where_they_are(tmp_path, pets):
+    os.symlink("../dog", pets / "cat" / "dogs")
+    os.symlink("../dog/000.jpg", pets / "cat" / "dog0.jpg")
+    files = all_files(load(pets, tmp_path, "dataset.splits=[40,4,4]"))
+    assert len(files) == 48
+    assert all(y == (f.startswith("dog/")) for f, y in files.items())
+    assert not any(f.startswith(("cat/dogs", "cat/dog0")) for f in files)
+    data = load(pets, tmp_path, "dataset.splits=[40,4,4]")
+    assert left_out(data, pets) == {
+        "cat/dogs": "link inside the dataset",
+        "cat/dog0.jpg": "link inside the dataset",
+    }
+
+
+def test_links_out_of_the_dataset_are_followed_once(tmp_path, pets):
+    """Users link datasets in: followed, but an outside folder is taken once, loops never."""
+    photos = tmp_path / "photos"
+    write_images(photos, 4, (200, 60, 60), seed=3)
+    os.symlink(".", photos / "self")
+    write_images(tmp_path / "elsewhere", 1, (60, 60, 200), seed=4)
+    os.symlink(photos, pets / "cat" / "a_photos")
+    os.symlink(photos, pets / "cat" / "b_photos")  # the same folder again
+    os.symlink(tmp_path / "elsewhere" / "000.jpg", pets / "dog" / "linked.jpg")
+    data = load(pets, tmp_path, "dataset.splits=[45,4,4]")
+    files = all_files(data)
+    assert len(files) == 48 + 4 + 1
+    assert {f: files[f] for f in files if "/a_photos/" in f or "linked" in f} == {
+        **{f"cat/a_photos/{i:03d}.jpg": 0 for i in range(4)},
+        "dog/linked.jpg": 1,
+    }
+    assert left_out(data, pets) == {
+        "cat/b_photos": "duplicate",
+        "cat/a_photos/self": "symlink loop",
+    }
+
+
+def test_a_file_reached_from_two_classes_is_left_out_of_both(tmp_path, pets):
+    write_images(tmp_path / "outside", 1, (90, 90, 90))
+    os.symlink(tmp_path / "outside" / "000.jpg", pets / "cat" / "x.jpg")
+    os.symlink(tmp_path / "outside" / "000.jpg", pets / "dog" / "x.jpg")
+    os.link(pets / "dog" / "001.jpg", pets / "cat" / "hard.jpg")  # a hard link, no symlink
+    data = load(pets, tmp_path, "dataset.splits=[40,3,4]")
+    files = all_files(data)
+    assert len(files) == 47 and not {"cat/x.jpg", "dog/x.jpg", "cat/hard.jpg"} & set(files)
+    assert "dog/001.jpg" not in files
+    assert left_out(data, pets) == dict.fromkeys(
+        ["cat/x.jpg", "dog/x.jpg", "cat/hard.jpg", "dog/001.jpg"], "ambiguous label"
+    )
+
+
+@pytest.mark.parametrize("link,target", [("dog", "cat"), ("val", "train")])
+def test_a_class_or_split_folder_linked_into_the_dataset_is_an_error(tmp_path, link, target):
+    root = tmp_path / "data"
+    parent = root / "train" if link == "val" else root
+    write_images(parent / "cat", 3, (200, 60, 60))
+    if link == "val":
+        write_images(parent / "dog", 3, (60, 60, 200))
+    os.symlink(target, root / link)
+    message = f"{root / link} is a link to {root / target}, which overlaps the dataset folder"
+    with pytest.raises(CnnbenchError, match=re.escape(message)):
+        load(root, tmp_path)
+
+
+def test_names_that_are_not_utf8_are_kept_and_written_escaped(tmp_path, pets):
+    good = odd_name(pets / "dog", b"\xfe.jpg")
+    good.write_bytes((pets / "dog" / "000.jpg").read_bytes())
+    odd_name(pets / "cat", b"\xff.jpg").write_bytes(b"not an image")
+    data = load(pets, tmp_path, "dataset.splits=[41,4,4]")
+    assert all_files(data)[os.fsdecode(b"dog/\xfe.jpg")] == 1
+    text = data.skipped_text()
+    assert text == f"{pets}/cat/\\xff.jpg\tnot an image file\n"
+    assert text.encode("utf-8").decode("utf-8") == text  # plain UTF-8 to write
+
+
+def test_symlink_loops_and_odd_names_are_listed_with_the_run(cli, tmp_path, pets):
+    os.symlink("..", pets / "cat" / "loop")
+    odd_name(pets / "dog", b"\xfe.jpg").write_bytes((pets / "dog" / "000.jpg").read_bytes())
+    odd_name(pets / "cat", b"\xff.jpg").write_bytes(b"not an image")
+    proc = cli(
+        "train",
+        "dataset=folder",
+        f"dataset.root={pets}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        "dataset.image_size=32",
+        "dataset.splits=[41,4,4]",
+        "epochs=1",
+        "device=cpu",
+        "progress=false",
+        "hydra.run.dir=run",
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert f"left out 1 link(s), duplicate(s) or folder(s) in {pets}: 1 symlink loop" in out
+    assert f"skipped 1 of 50 files in {pets}: 1 not an image file" in out
+    assert (tmp_path / "run" / "skipped_files.txt").read_text(encoding="utf-8").splitlines() == [
+        f"{pets}/cat/loop\tsymlink loop (points back to {pets})",
+        f"{pets}/cat/\\xff.jpg\tnot an image file",
+    ]
 
 
 # ---------------------------------------------------------------- cache, memory budget, streaming

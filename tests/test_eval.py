@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, read_json, run_cnnbench
+from conftest import (
+    TINY,
+    assert_upright,
+    odd_name,
+    read_json,
+    run_cnnbench,
+    save_sideways_jpeg,
+    upright_pattern,
+)
 from PIL import Image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -179,10 +189,92 @@ def test_predict_out_dir_and_nothing_readable(run, tmp_path, capsys):
         main(["predict", str(run), str(bad), "--out", str(tmp_path / "preds"), "--device", "cpu"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert f"skipped 1 unreadable file(s):\n  {bad}: UnidentifiedImageError" in err
+    assert f"skipped 1 unreadable file(s):\n  {bad}: not an image file" in err
     assert err.splitlines()[-1].startswith(f"error: no readable images among {bad}")
     assert "bad.png" in (tmp_path / "preds" / "skipped.csv").read_text()
     assert not (tmp_path / "preds" / "predictions.csv").exists()
+
+
+def test_predict_decodes_exactly_as_the_folder_scan(run, tmp_path, monkeypatch):
+    """An EXIF-rotated JPEG, a 16-bit gray PNG and an RGBA PNG: predict feeds the model the very
+    pixels a folder run stores for training (dataset.image_size = the model's input size)."""
+    import cnnbench.commands.predict as predict_module
+    from cnnbench.config import compose_checked
+    from cnnbench.data.folder import load_folder
+    from cnnbench.data.transforms import BatchTransform
+
+    root = tmp_path / "images"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    save_sideways_jpeg(root / "a" / "sideways.jpg", upright_pattern(96, 160))
+    ramp = np.tile(np.linspace(0, 65535, 50).round().astype(np.uint16), (40, 1))
+    Image.fromarray(ramp).save(root / "a" / "wide16.png")
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[:, 20:] = (0, 0, 200, 255)  # left half fully transparent (and black underneath)
+    Image.fromarray(rgba).save(root / "b" / "rgba.png")
+    files = [root / "a" / "sideways.jpg", root / "a" / "wide16.png", root / "b" / "rgba.png"]
+
+    cfg = compose_checked(
+        ["dataset=folder", f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'cache'}"]
+        + ["dataset.image_size=32"]
+    )
+    splits, *_ = load_folder(cfg.dataset, cfg.transforms, 0, progress=False)
+    scanned = dict(zip(splits["all"].files, splits["all"].images, strict=True))
+    fed = []
+
+    class Recording(BatchTransform):
+        def __call__(self, x, gen=None):
+            fed.append(x.cpu().clone())
+            return super().__call__(x, gen)
+
+    monkeypatch.setattr(predict_module, "BatchTransform", Recording)
+    predict_module.predict(run, files, tmp_path / "out", device_name="cpu")
+    (batch,) = fed
+    for path, x in zip(files, batch, strict=True):
+        assert torch.equal(x, scanned[str(path.relative_to(root))]), path
+    assert_upright(batch[0])
+    ramp_row = batch[1][0, 0].tolist()  # 0..65535 rescaled to 0..255 (a clip gives all 255)
+    assert ramp_row == sorted(ramp_row) and ramp_row[0] <= 5 and ramp_row[-1] >= 250
+    assert abs(ramp_row[16] - 128) <= 8 and bool((batch[1] == batch[1][0]).all())
+    assert batch[2][:, :, :8].unique().tolist() == [255]  # transparent: white, not black
+    assert batch[2][:, :, -8:].flatten(1).unique(dim=1).tolist() == [[0], [0], [200]]
+
+
+def test_predict_keeps_the_good_results_next_to_names_that_are_not_utf8(run, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    noise = np.random.default_rng(1).integers(0, 255, (32, 32, 3), np.uint8)
+    Image.fromarray(noise).save(folder / "plain.png")
+    odd_name(folder, b"\xff.png").write_bytes((folder / "plain.png").read_bytes())
+    odd_name(folder, b"\xfe.png").write_bytes(b"not a png")
+    # A terminal that takes nothing but UTF-8: printing a raw surrogate would crash it.
+    env = {"PYTHONIOENCODING": "utf-8:strict"}
+    proc = run_cnnbench("predict", str(run), str(folder), "--out", "out", cwd=tmp_path, env=env)
+    rows = read_csv(tmp_path / "out" / "predictions.csv")
+    assert [r["path"] for r in rows] == [f"{folder}/plain.png", f"{folder}/\\xff.png"]
+    assert rows[0]["top5"] == rows[1]["top5"]  # the same pixels under both names
+    assert read_csv(tmp_path / "out" / "skipped.csv") == [
+        {"path": f"{folder}/\\xfe.png", "reason": "not an image file"}
+    ]
+    assert f"{folder}/\\xff.png: " in proc.stdout and "(2 images)" in proc.stdout
+
+
+def test_predict_lists_broken_links(run, tmp_path):
+    from cnnbench.commands.predict import predict
+
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "ok.png")
+    os.symlink("gone.png", folder / "sub" / "dangling.png")
+    os.symlink(tmp_path / "no-such-folder", folder / "photos")
+    os.symlink("nowhere.jpg", tmp_path / "given.jpg")
+    result = predict(run, [folder, tmp_path / "given.jpg"], tmp_path / "out", device_name="cpu")
+    assert [Path(r["path"]).name for r in result["rows"]] == ["ok.png"]
+    assert read_csv(tmp_path / "out" / "skipped.csv") == [
+        {"path": f"{folder}/photos", "reason": f"broken link (to {tmp_path}/no-such-folder)"},
+        {"path": f"{folder}/sub/dangling.png", "reason": "broken link (to gone.png)"},
+        {"path": f"{tmp_path}/given.jpg", "reason": "broken link (to nowhere.jpg)"},
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,14 @@
     cnnbench predict outputs/2026-11-23/12-00-00 cat.jpg photos/ [--out DIR]
     cnnbench predict outputs/2026-11-23/12-00-00 photos/ device=cpu eval_batch_size=32
 
-Each image is loaded with PIL, converted to the model's channels (RGB or L), resized to its
-input size and normalized with the run's statistics (stored in best.pt). Writes
-predictions.csv (path, predicted label, its probability, top-5) and predictions.png (a grid
-of the images with their labels) to RUN_DIR/predict or --out DIR. Unreadable files are
-listed on screen and in skipped.csv; they do not stop the others.
+Each image is decoded exactly as training decodes folder images (`data.images.decode_file`:
+upright by its EXIF orientation, in the model's channels (RGB or L), 16-bit gray rescaled,
+transparency onto white, resized to the model's input size), then normalized with the run's
+statistics (stored in best.pt). Writes predictions.csv (path, predicted label, its
+probability, top-5) and predictions.png (a grid of the images as the model saw them, with
+their labels) to RUN_DIR/predict or --out DIR. Unreadable files are listed on screen and in
+skipped.csv (broken links too); they do not stop the others. Names that are not UTF-8 are
+written with \\xNN escapes.
 """
 
 from __future__ import annotations
@@ -16,17 +19,18 @@ import argparse
 import csv
 import io
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..checkpoint import atomic_write_text
 from ..config import DeviceConfig, DeviceName
+from ..data.images import BadImage, decode_file, printable
 from ..data.transforms import BatchTransform
 from ..device import resolve_device
 from ..errors import CnnbenchError, user_errors
@@ -65,33 +69,29 @@ CSV_FIELDS = ["path", "label", "probability", "top5"]
 
 
 def find_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Files to classify (folders searched recursively for image suffixes) and missing paths."""
+    """Files to classify (folders searched recursively for image suffixes) and the paths left
+    out with a reason: missing, broken links (in folders too), folders without images."""
     files: list[Path] = []
     missing: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not found:
+            found, broken = [], []
+            for p in sorted(path.rglob("*")):
+                if p.is_symlink() and not p.exists():
+                    broken.append((p, f"broken link (to {os.readlink(p)})"))
+                elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append(p)
+            if not found and not broken:
                 missing.append((path, "folder holds no image files"))
             files += found
+            missing += broken
         elif path.is_file():
             files.append(path)
+        elif path.is_symlink():
+            missing.append((path, f"broken link (to {os.readlink(path)})"))
         else:
             missing.append((path, "no such file or directory"))
     return files, missing
-
-
-def load_image(path: Path, mode: str) -> Any:
-    """The image at `path` in PIL `mode` ('RGB' or 'L'); raises OSError/ValueError if unreadable."""
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:  # onto white
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert(mode)
-        return img.convert(mode)
 
 
 def normalization(run_dir: Path, ckpt: dict[str, Any]) -> tuple[list, list]:
@@ -126,7 +126,6 @@ def predict(
     device = resolve_device(DeviceConfig(name=DeviceName(device_name)))
     model = model_from_checkpoint(ckpt, device)
     transform = BatchTransform(train=False, mean=mean, std=std)
-    mode = "L" if channels == 1 else "RGB"
     k = min(5, len(classes))
 
     files, skipped = find_images([Path(p) for p in paths])
@@ -135,18 +134,18 @@ def predict(
     for batch in _batches(files, batch_size):
         tensors, kept = [], []
         for path in batch:
-            try:
-                img = load_image(path, mode)
-            except Exception as err:  # PIL raises OSError, ValueError, DecompressionBombError...
-                skipped.append((path, f"{err.__class__.__name__}: {err}".splitlines()[0]))
+            try:  # the decode training used: upright, same channels, size and conversions
+                x = decode_file(str(path), (height, width), channels)
+            except Exception as err:  # noqa: BLE001 (one odd file never stops the others)
+                text = str(err) if isinstance(err, BadImage) else f"{type(err).__name__}: {err}"
+                skipped.append((path, text.splitlines()[0] if text else type(err).__name__))
                 continue
-            resized = img.resize((width, height), resample=Image.Resampling.BILINEAR)
-            arr = np.asarray(resized, dtype=np.uint8).reshape(height, width, channels)
-            tensors.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+            tensors.append(x)
             kept.append(path)
-            if len(thumbs) < grid_max:
-                img.thumbnail((128, 128))
-                thumbs.append(img)
+            if len(thumbs) < grid_max:  # what the model saw
+                thumb = Image.fromarray(x.permute(1, 2, 0).squeeze(2).numpy())
+                thumb.thumbnail((128, 128))
+                thumbs.append(thumb)
         if not kept:
             continue
         probs = model(transform(torch.stack(tensors).to(device))).float().softmax(dim=1).cpu()
@@ -154,7 +153,7 @@ def predict(
         for path, p_row, i_row in zip(kept, top_p.tolist(), top_i.tolist(), strict=True):
             rows.append(
                 dict(
-                    path=str(path),
+                    path=printable(str(path)),  # a non-UTF-8 name as \\xNN: writable, printable
                     label=classes[i_row[0]],
                     probability=p_row[0],
                     top5=";".join(
@@ -163,16 +162,15 @@ def predict(
                 )
             )
             if len(titles) < len(thumbs):
-                name = path.name if len(path.name) <= 20 else path.name[:19] + "…"
+                name = printable(path.name)
+                name = name if len(name) <= 20 else name[:19] + "…"
                 titles.append(f"{name}\n{classes[i_row[0]]} ({p_row[0]:.0%})")
 
     out_dir = Path(out_dir) if out_dir else run_dir / "predict"
     out_dir.mkdir(parents=True, exist_ok=True)
     if skipped:
-        atomic_write_text(
-            out_dir / "skipped.csv",
-            _csv(["path", "reason"], [dict(path=str(p), reason=r) for p, r in skipped]),
-        )
+        listed = [dict(path=printable(str(p)), reason=printable(r)) for p, r in skipped]
+        atomic_write_text(out_dir / "skipped.csv", _csv(["path", "reason"], listed))
     else:
         (out_dir / "skipped.csv").unlink(missing_ok=True)  # from an earlier call
     if rows:

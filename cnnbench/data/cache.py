@@ -20,7 +20,7 @@ from ..checkpoint import atomic_write, atomic_write_text
 
 log = logging.getLogger("cnnbench")
 
-CACHE_VERSION = 1  # bump when the layout or the decoding of cached entries changes
+CACHE_VERSION = 2  # bump when the layout or the decoding of cached entries changes (2: EXIF, alpha)
 
 
 def cache_root(cache_dir: str | None) -> Path:

@@ -7,8 +7,26 @@ Layouts under `dataset.root`:
     root/train/<class>/<image>                  split folders: val/ (or valid/) and test/
     root/{val,test}/<class>/<image>             are optional and carved from train/ when absent
 
-Every file is fully decoded once before training (the scan): empty, truncated, non-image and
-unreadable files are skipped and reported, the rest are converted to RGB at one storage size.
+Links, and the rule that no image gets two labels (or two splits). The listing walks every
+class folder once and takes each folder and each file at most once, by (st_dev, st_ino):
+
+- A link, to a folder or a file, is followed only when it points out of the dataset folder
+  (users link datasets in: root/cat -> /data/cats, cat/1.jpg -> /photos/1.jpg). A link to
+  anything inside `dataset.root` is not followed: what it points to counts where it really
+  lies (cat/more -> ../dog leaves dog's images dogs), and a link to a folder that holds the
+  link itself (cat/loop -> ..) is a symlink loop.
+- A folder or file reached a second time (two links to one outside folder, hard links, bind
+  mounts) is a duplicate when the class is the same: only the first is taken, so it cannot
+  land in two splits. Under two different classes its label is ambiguous: it is taken by
+  neither.
+- A split or class folder that is itself a link into (or around) the dataset folder is an
+  error: root/dog -> cat would make every cat a dog too.
+
+Everything left out is counted in one log line and listed in skipped_files.txt.
+
+Every file is then fully decoded once before training (the scan; `images.decode_file`, the
+decode predict uses too): empty, truncated, non-image and unreadable files are skipped and
+reported, the rest are turned upright (EXIF) and converted to RGB at one storage size.
 Folders whose decoded size fits `dataset.max_memory_mb` are kept in memory as uint8 tensors;
 larger ones are decoded batch by batch by DataLoader workers. Scan results (and the decoded
 images) are cached on disk keyed by the files' names, sizes and mtimes.
@@ -19,8 +37,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+import stat
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -78,42 +97,143 @@ def _subdirs(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if _visible(e.name) and e.is_dir())
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-        return st.st_size, st.st_mtime_ns
-    except OSError:
-        return -1, 0
+Listed = list[tuple[str, tuple[int, int]]]  # (path relative to a class folder, (size, mtime))
 
 
-def _class_files(class_dir: Path) -> list[str]:
-    """Visible files under `class_dir` (recursively), sorted, relative to `class_dir`."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        rel = Path(dirpath).relative_to(class_dir)
-        found += [str(rel / f) if str(rel) != "." else f for f in filenames if _visible(f)]
-    return sorted(found)
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies under it (both real paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+@dataclass
+class _Listing:
+    """One listing of a dataset tree: what it took, by (st_dev, st_ino), and what it left out."""
+
+    root: str  # the dataset root, resolved
+    taken: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)  # (class, path)
+    ambiguous: dict[str, str] = field(default_factory=dict)  # first path -> reason to drop it
+    left_out: list[SkippedFile] = field(default_factory=list)
+
+    def claim(self, st: os.stat_result, label: str, path: str, what: str) -> bool:
+        """Take the folder or file `path` for class `label`; False (recorded) if taken before."""
+        key = (st.st_dev, st.st_ino)
+        if key not in self.taken:
+            self.taken[key] = (label, path)
+            return True
+        first_label, first = self.taken[key]
+        if first_label == label:
+            reason = f"duplicate (the same {what} as {first})"
+        else:  # the same pixels under two classes: neither label can be trusted
+            reason = f"ambiguous label (the same {what} is also {first}, class {first_label})"
+            self.ambiguous[first] = f"ambiguous label ({first} is also {path}, class {label})"
+        self.left_out.append(SkippedFile(path, reason))
+        return False
+
+    def link_reason(self, path: str, is_dir: bool) -> str | None:
+        """Why the link `path` is not followed, or None (it points out of the dataset)."""
+        target = os.path.realpath(path)
+        if is_dir and _inside(os.path.realpath(os.path.dirname(path)), target):
+            return f"symlink loop (points back to {target})"
+        if _inside(target, self.root):
+            return f"link inside the dataset (to {target}; counted where it lies)"
+        return None
+
+    def take(self, entry: os.DirEntry, label: str) -> tuple[str, tuple[int, int]] | None:
+        """('folder' or 'file', (size, mtime_ns)) to list `entry`; None when it is left out."""
+        try:
+            st = entry.stat()  # of the link's target
+        except OSError:
+            return "file", (-1, 0)  # a broken link, or gone: the scan reports it
+        what = "folder" if stat.S_ISDIR(st.st_mode) else "file"
+        reason = self.link_reason(entry.path, what == "folder") if entry.is_symlink() else None
+        if reason is not None:
+            self.left_out.append(SkippedFile(entry.path, reason))
+            return None
+        if not self.claim(st, label, entry.path, what):
+            return None
+        return what, (st.st_size, st.st_mtime_ns)
+
+    def class_files(self, class_dir: Path, label: str) -> Listed:
+        """Visible files under `class_dir` (recursively), relative to it, sorted, with stamps."""
+        if not self.claim(class_dir.stat(), label, str(class_dir), "folder"):
+            return []
+        found: Listed = []
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            folder = class_dir / rel
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted((e for e in it if _visible(e.name)), key=lambda e: e.name)
+            except OSError as err:
+                self.left_out.append(
+                    SkippedFile(str(folder), f"unreadable folder ({err.strerror})")
+                )
+                continue
+            subfolders = []
+            for entry in entries:
+                taken = self.take(entry, label)
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                if taken is not None and taken[0] == "folder":
+                    subfolders.append(name)
+                elif taken is not None:
+                    found.append((name, taken[1]))
+            stack += reversed(subfolders)  # depth first, in name order
+        return sorted(found)
+
+    def drop_ambiguous(self, class_dir: Path, files: Listed) -> Listed:
+        """`files` less those in or under a path that another class also reached."""
+        if not self.ambiguous:
+            return files
+        kept: Listed = []
+        for name, stamp in files:
+            path = str(class_dir / name)
+            up = [path, *(str(p) for p in Path(path).parents if _inside(str(p), str(class_dir)))]
+            hit = next((self.ambiguous[p] for p in up if p in self.ambiguous), None)
+            if hit is None:
+                kept.append((name, stamp))
+            else:
+                self.left_out.append(SkippedFile(path, hit))
+        return kept
+
+
+def _check_folder_links(folders: dict[str, Path], classes: list[str], root: Path) -> None:
+    """Split and class folders may link out of the dataset, never into it (or around it)."""
+    for folder in folders.values():
+        for path in [folder, *(folder / name for name in classes)]:
+            real = os.path.realpath(path)
+            if real != str(path) and (_inside(real, str(root)) or _inside(str(root), real)):
+                raise CnnbenchError(
+                    f"{path} is a link to {real}, which overlaps the dataset folder {root}: "
+                    "the same images would count twice, under two labels or in two splits; "
+                    "make it a real folder or remove the link"
+                )
 
 
 def list_pool(
-    folder: Path, prefix: str, classes: list[str], max_per_class: int | None, seed: int
+    folder: Path,
+    prefix: str,
+    listed: dict[str, Listed],
+    classes: list[str],
+    max_per_class: int | None,
+    seed: int,
 ) -> Pool:
-    files, labels = [], []
+    """The pool of `folder` from its listed class files (a seeded subset with max_per_class)."""
+    files, labels, stamps = [], [], []
     for label, name in enumerate(classes):
-        class_dir = folder / name
-        if not class_dir.is_dir():
-            continue
-        names = _class_files(class_dir)
+        found = dict(listed.get(name, []))
+        names = sorted(found)
         if max_per_class is not None and len(names) > max_per_class:
             names = sorted(random.Random(f"{seed}:{name}").sample(names, max_per_class))
         files += [f"{name}/{f}" for f in names]
         labels += [label] * len(names)
-    return Pool(folder, prefix, files, labels, [_stamp(folder / f) for f in files])
+        stamps += [found[f] for f in names]
+    return Pool(folder, prefix, files, labels, stamps)
 
 
-def find_pools(cfg) -> tuple[dict[str, Pool], list[str], list[SkippedFile]]:
-    """The pools of `cfg.root` by split name ('all' for one folder), the classes, stray files."""
+def find_pools(cfg) -> tuple[dict[str, Pool], list[str], list[SkippedFile], list[SkippedFile]]:
+    """The pools of `cfg.root` by split name ('all' for one folder), the classes, stray files
+    and the links, duplicates and folders the listing left out."""
     root = Path(cfg.root).expanduser().resolve()
     if not root.is_dir():
         raise CnnbenchError(
@@ -121,6 +241,28 @@ def find_pools(cfg) -> tuple[dict[str, Pool], list[str], list[SkippedFile]]:
             "class subfolders, e.g. root/cat/1.jpg root/dog/2.jpg, or root/train/<class>/... "
             "with optional root/val/ and root/test/"
         )
+    folders, main, classes = _layout(root)
+    _check_folder_links(folders, classes, root)
+    stray = [
+        SkippedFile(str(main / e.name), "not inside a class folder")
+        for e in sorted(os.scandir(main), key=lambda e: e.name)
+        if _visible(e.name) and not e.is_dir()
+    ]
+    listing = _Listing(str(root))
+    listed = {
+        split: {n: listing.class_files(folder / n, n) for n in classes if (folder / n).is_dir()}
+        for split, folder in folders.items()
+    }
+    pools = {}
+    for split, folder in folders.items():
+        kept = {n: listing.drop_ambiguous(folder / n, f) for n, f in listed[split].items()}
+        prefix = "" if split == "all" else f"{folder.name}/"
+        pools[split] = list_pool(folder, prefix, kept, classes, cfg.max_per_class, cfg.split_seed)
+    return pools, classes, stray, listing.left_out
+
+
+def _layout(root: Path) -> tuple[dict[str, Path], Path, list[str]]:
+    """({split: folder} ('all' for one folder), the folder of the classes, the classes)."""
     top = _subdirs(root)
     layout = {SPLIT_DIRS[d.lower()]: d for d in top if d.lower() in SPLIT_DIRS}
     split_layout = "train" in layout and len(layout) == len(top)
@@ -144,22 +286,7 @@ def find_pools(cfg) -> tuple[dict[str, Pool], list[str], list[SkippedFile]]:
                 f"{folder} has class folders that {main} lacks: {', '.join(extra)}; every "
                 f"class in {split}/ must also be in train/"
             )
-    stray = [
-        SkippedFile(str(main / e.name), "not inside a class folder")
-        for e in sorted(os.scandir(main), key=lambda e: e.name)
-        if _visible(e.name) and not e.is_dir()
-    ]
-    pools = {
-        split: list_pool(
-            folder,
-            "" if split == "all" else f"{folder.name}/",
-            classes,
-            cfg.max_per_class,
-            cfg.split_seed,
-        )
-        for split, folder in folders.items()
-    }
-    return pools, classes, stray
+    return folders, main, classes
 
 
 class _ScanSet(Dataset):
@@ -300,8 +427,13 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
 
     Returns ({split: pool}, classes, skipped files, content key of the pools).
     """
-    pools, classes, skipped = find_pools(cfg)
+    pools, classes, skipped, left_out = find_pools(cfg)
     root = Path(cfg.root).expanduser().resolve()
+    if left_out:
+        log.warning(
+            f"left out {len(left_out)} link(s), duplicate(s) or folder(s) in {root}: "
+            f"{_count_skips(left_out)} (listed in skipped_files.txt)"
+        )
     total = sum(len(p.files) for p in pools.values())
     if total == 0:
         raise CnnbenchError(
@@ -372,7 +504,7 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
             f"{root}: about {decoded_mb:,.0f} MB decoded > dataset.max_memory_mb="
             f"{cfg.max_memory_mb}: streaming from disk with {num_workers} loader workers"
         )
-    return splits, classes, skipped, content_key("folder-set", keys)
+    return splits, classes, left_out + skipped, content_key("folder-set", keys)
 
 
 def _became_readable(root: Path, skipped: list[list[str]]) -> bool:

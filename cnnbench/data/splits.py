@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .images import printable
+
 
 @dataclass
 class ImageTensors:
@@ -109,5 +111,8 @@ class DataSplits:
         return split_stats(self)
 
     def skipped_text(self) -> str:
-        """skipped_files.txt: one `path<TAB>reason` line per file left out."""
-        return "".join(f"{s.path}\t{s.reason}\n" for s in self.skipped)
+        """skipped_files.txt: one `path<TAB>reason` line per file left out.
+
+        Bytes of a name that are not UTF-8 are written as \\xNN escapes (see `printable`).
+        """
+        return "".join(printable(f"{s.path}\t{s.reason}") + "\n" for s in self.skipped)
