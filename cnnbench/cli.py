@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cnnbench.commands.report",
         "sweep leaderboard: cnnbench report MULTIRUN_DIR [--sort KEY]",
     ),
+    "diff": (
+        "cnnbench.commands.diff",
+        "compare runs (config, metrics, curves): cnnbench diff RUN_A RUN_B [...]",
+    ),
 }
 
 EXAMPLES = """examples:

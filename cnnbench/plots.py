@@ -191,3 +191,23 @@ def write_reliability_diagram(path: Path, calibration: dict[str, Any]) -> None:
     count_ax.grid(alpha=0.3)
     _save(fig, path, dpi=100, tight=True)
 
+
+def write_runs_overlay(path: Path, runs: dict[str, Sequence[dict[str, Any]]]) -> None:
+    """Loss and accuracy per epoch of a few runs (metrics.csv rows), overlaid: one color per
+    run, validation solid, training dashed (cnnbench diff)."""
+    fig = _figure(11, 4.0)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for color, (label, rows) in zip(colors, runs.items(), strict=True):
+        epochs = [int(r["epoch"]) for r in rows]
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
+            ax.plot(epochs, [r[f"val_{key}"] for r in rows], "o-", ms=3, color=color, label=label)
+            ax.plot(epochs, [r[f"train_{key}"] for r in rows], "--", color=color, alpha=0.7)
+    for ax, title in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(f"{title} (validation solid, training dashed)", fontsize="medium")
+        ax.grid(alpha=0.3)
+    if any(runs.values()):
+        acc_ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _save(fig, path, dpi=100, tight=True)
