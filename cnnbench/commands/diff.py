@@ -67,7 +67,7 @@ def run_metrics(run: Path) -> dict[str, Any]:
         "test_top1": results.get("test_top1"),
         "test_top5": results.get("test_top5"),
         "params": results.get("params"),
-        "wall_seconds": round(wall, 1) if wall else None,
+        "wall_seconds": wall or None,
     }
 
 
@@ -76,10 +76,12 @@ def _show_config(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _show(value: Any) -> str:
-    """A metric for the table: 4 decimals, big counts with thousands separators."""
+def _show(value: Any, name: str = "") -> str:
+    """A metric for the table: 4 decimals (seconds: 1), big counts with thousands separators."""
     if value is None:
         return "-"
+    if isinstance(value, float) and name.endswith("seconds"):
+        return f"{value:.1f}"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
@@ -143,7 +145,7 @@ def format_diff(d: dict[str, Any]) -> str:
         rows = [[key, *map(_show_config, values)] for key, values in d["differ"].items()]
         lines += table(["key", *letters], rows)
     lines += [""]
-    rows = [[name, *(_show(m[name]) for m in d["metrics"])] for name in d["metrics"][0]]
+    rows = [[name, *(_show(m[name], name) for m in d["metrics"])] for name in d["metrics"][0]]
     lines += table(["metric", *letters], rows)
     lines += ["", f"wrote {d['plot']} (loss and accuracy curves of the runs, overlaid)"]
     return "\n".join(lines)
