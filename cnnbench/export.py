@@ -229,7 +229,7 @@ def export_model(
         if not diff < atol:
             raise CnnbenchError(
                 f"the {fmt} export does not match PyTorch: max abs logit difference {diff:.3g} "
-                f"on a random batch of {CHECK_BATCH} (limit {atol:g}); nothing was written"
+                f"on random batches of {CHECK_BATCH} and 1 (limit {atol:g}); nothing was written"
             )
         os.replace(tmp, out)
     finally:
@@ -276,12 +276,14 @@ def export_run(
     mean, std = normalization(run_dir, ckpt)
     metadata = export_metadata(ckpt, mean, std, cfg_hash)
     model = model_from_checkpoint(ckpt, torch.device("cpu"))
-    input_size = tuple(int(v) for v in ckpt["input_size"])
+    channels, height, width = (int(v) for v in ckpt["input_size"])
     out = Path(out) if out else default_out(run_dir, fmt)
     if out.is_dir():
-        raise CnnbenchError(f"--out {out} is a directory; give a file name, e.g. {out}/model.onnx")
-    result = export_model(model, input_size, metadata, out, fmt, opset, atol)  # type: ignore[arg-type]
-    return result, metadata
+        raise CnnbenchError(
+            f"--out {out} is a directory; give a file name, e.g. {out}/model{SUFFIXES[fmt]}"
+        )
+    size = (channels, height, width)
+    return export_model(model, size, metadata, out, fmt, opset, atol), metadata
 
 
 def is_exported_file(path: Path) -> bool:

@@ -144,36 +144,32 @@ def _pil_image(image: np.ndarray) -> Any:
     return Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)))  # RGB
 
 
-def write_mistakes(
-    path: Path, images: Any, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]
+def mistake_rows(
+    labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], k: int = MAX_MISTAKES
 ) -> list[dict[str, Any]]:
-    """misclassified.png: the most confident mistakes titled true / predicted (probability)."""
+    """The `k` most confident mistakes: index, true and predicted class, confidence."""
+    rows = []
+    for i in confident_mistakes(labels, probs, k):
+        p = int(probs[i].argmax())
+        true, predicted = classes[labels[i]], classes[p]
+        rows.append(dict(index=i, true=true, predicted=predicted, confidence=_rounded(probs[i, p])))
+    return rows
+
+
+def write_mistakes(path: Path, images: Any, rows: list[dict[str, Any]]) -> None:
+    """misclassified.png: the images of `rows` (mistake_rows) titled true / predicted."""
     from .plots import write_image_grid
 
-    picked = confident_mistakes(labels, probs)
-    rows = []
-    for i in picked:
-        p = int(probs[i].argmax())
-        rows.append(
-            dict(
-                index=i,
-                true=classes[labels[i]],
-                predicted=classes[p],
-                confidence=_rounded(probs[i, p]),
-            )
-        )
-    if picked:
-        pixels = _as_numpy(
-            images[picked] if hasattr(images, "shape") else [images[i] for i in picked], np.uint8
-        )
-        titles = [
-            f"true: {_short(r['true'])}\npred: {_short(r['predicted'])}\n({r['confidence']:.0%})"
-            for r in rows
-        ]
-        write_image_grid(path, [_pil_image(img) for img in pixels], titles, row_height=2.5)
-    else:
+    if not rows:
         Path(path).unlink(missing_ok=True)  # from an earlier report
-    return rows
+        return
+    picked = [r["index"] for r in rows]
+    pixels = _as_numpy(images[picked], np.uint8)
+    titles = [
+        f"true: {_short(r['true'])}\npred: {_short(r['predicted'])}\n({r['confidence']:.0%})"
+        for r in rows
+    ]
+    write_image_grid(path, [_pil_image(img) for img in pixels], titles, row_height=2.5)
 
 
 def evaluation_report(
@@ -186,10 +182,11 @@ def evaluation_report(
 ) -> dict[str, Any]:
     """The evaluation report of `probs` (N x classes softmax outputs) against `labels` (N).
 
-    Writes reliability.png into `out_dir`, and misclassified.png when `images` (the N
-    evaluated images, uint8 N x C x H x W, before normalization) are given and some are
-    misclassified. Returns a JSON-able dict: accuracy, per_class, macro_avg, weighted_avg,
-    top_confusions, calibration, misclassified (the pictured mistakes) and files.
+    Writes reliability.png into `out_dir`, and misclassified.png (the most confident
+    mistakes) when `images` (the N evaluated images, uint8 N x C x H x W tensor or array,
+    before normalization) are given and some are misclassified. Returns a JSON-able dict:
+    images, accuracy, per_class, macro_avg, weighted_avg, top_confusions, calibration,
+    misclassified (the most confident mistakes) and files (the PNGs written, else None).
     """
     from .plots import write_reliability_diagram
 
@@ -207,12 +204,12 @@ def evaluation_report(
     report["calibration"] = calibration(labels_np, probs_np)
     files = dict(reliability=str(out_dir / "reliability.png"), misclassified=None)
     write_reliability_diagram(out_dir / "reliability.png", report["calibration"])
-    report["misclassified"] = []
+    report["misclassified"] = mistake_rows(labels_np, probs_np, classes)
     if images is not None:
         if len(images) != len(labels_np):
             raise ValueError(f"{len(images)} images for {len(labels_np)} labels")
         path = out_dir / "misclassified.png"
-        report["misclassified"] = write_mistakes(path, images, labels_np, probs_np, classes)
+        write_mistakes(path, images, report["misclassified"])
         files["misclassified"] = str(path) if report["misclassified"] else None
     report["files"] = files
     return report

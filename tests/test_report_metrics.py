@@ -61,7 +61,11 @@ def test_per_class_scores_and_averages(tmp_path):
 
 
 def test_top_confusions_most_frequent_first(tmp_path):
-    report = evaluation_report(LABELS, PROBS, CLASSES, out_dir=tmp_path)
+    report = evaluation_report(LABELS, PROBS, CLASSES, out_dir=tmp_path)  # no images
+    assert [m["index"] for m in report["misclassified"]] == [3, 6, 8, 9]
+    assert report["files"] == dict(
+        reliability=str(tmp_path / "reliability.png"), misclassified=None
+    )
     assert report["top_confusions"] == [
         dict(true="bird", predicted="dog", count=2),
         dict(true="cat", predicted="dog", count=1),  # ties: in confusion-matrix order
