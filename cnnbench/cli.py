@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cnnbench.commands.predict",
         "classify images: cnnbench predict RUN_DIR PATH... [--out DIR]",
     ),
+    "export": (
+        "cnnbench.commands.export",
+        "a run as a checked ONNX/TorchScript file: cnnbench export RUN_DIR [--format F]",
+    ),
     "rerun": (
         "cnnbench.commands.rerun",
         "re-run a saved config: cnnbench rerun RUN_DIR [overrides...]",
@@ -46,6 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": (
         "cnnbench.commands.report",
         "sweep leaderboard: cnnbench report MULTIRUN_DIR [--sort KEY]",
+    ),
+    "diff": (
+        "cnnbench.commands.diff",
+        "compare runs (config, metrics, curves): cnnbench diff RUN_A RUN_B [...]",
     ),
 }
 

@@ -122,12 +122,17 @@ def write_confusion_matrix(path: Path, matrix: Sequence[Sequence[int]], classes:
     _save(fig, path, dpi=100, tight=True)
 
 
-def write_image_grid(path: Path, images: Sequence[Any], titles: Sequence[str]) -> None:
-    """PIL images in a grid, each with its title (the predicted label and probability)."""
+def write_image_grid(
+    path: Path, images: Sequence[Any], titles: Sequence[str], row_height: float = 2.2
+) -> None:
+    """PIL images in a grid, each with its title (the predicted label and probability).
+
+    Rows are `row_height` inches for 2.0-inch images: 2.2 fits two title lines.
+    """
     n = len(images)
     cols = min(8, max(1, math.ceil(math.sqrt(n))))
     rows = max(1, math.ceil(n / cols))
-    fig = _figure(2.0 * cols, 2.2 * rows)
+    fig = _figure(2.0 * cols, row_height * rows)
     axes = fig.subplots(rows, cols, squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -138,4 +143,74 @@ def write_image_grid(path: Path, images: Sequence[Any], titles: Sequence[str]) -
             else:
                 ax.imshow(img)
             ax.set_title(titles[k], fontsize=8)
+    _save(fig, path, dpi=100, tight=True)
+
+
+def write_reliability_diagram(path: Path, calibration: dict[str, Any]) -> None:
+    """Accuracy per confidence bin (report_metrics.calibration) against the diagonal, each
+    bin's mean confidence marked, and the images per bin below.
+
+    Bars reaching the diagonal are a calibrated model; bars below it, an overconfident one.
+    """
+    bins = calibration["bins"]
+    width = bins[0]["upper"] - bins[0]["lower"]
+    filled = [b for b in bins if b["count"]]
+    fig = _figure(5.0, 6.0)
+    acc_ax, count_ax = fig.subplots(2, 1, sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
+    acc_ax.bar(
+        [b["lower"] for b in filled],
+        [b["accuracy"] for b in filled],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        label="accuracy",
+    )
+    acc_ax.hlines(
+        [b["confidence"] for b in filled],
+        [b["lower"] for b in filled],
+        [b["upper"] for b in filled],
+        colors="tab:red",
+        linewidth=2.5,
+        label="mean confidence",
+    )
+    acc_ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    acc_ax.set_xlim(0, 1)
+    acc_ax.set_ylim(0, 1)
+    acc_ax.set_ylabel("accuracy")
+    acc_ax.set_title(
+        f"reliability diagram: ECE {calibration['ece']:.4f} ({calibration['n_bins']} bins)"
+    )
+    acc_ax.legend(loc="upper left", fontsize="small")
+    acc_ax.grid(alpha=0.3)
+    count_ax.bar(
+        [b["lower"] for b in bins],
+        [b["count"] for b in bins],
+        width=width,
+        align="edge",
+        edgecolor="black",
+    )
+    count_ax.set_xlabel("confidence (top probability)")
+    count_ax.set_ylabel("images")
+    count_ax.grid(alpha=0.3)
+    _save(fig, path, dpi=100, tight=True)
+
+
+def write_runs_overlay(path: Path, runs: dict[str, Sequence[dict[str, Any]]]) -> None:
+    """Loss and accuracy per epoch of a few runs (metrics.csv rows), overlaid: one color per
+    run, validation solid, training dashed (cnnbench diff)."""
+    fig = _figure(11, 4.0)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for color, (label, rows) in zip(colors, runs.items(), strict=True):
+        epochs = [int(r["epoch"]) for r in rows]
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
+            ax.plot(epochs, [r[f"val_{key}"] for r in rows], "o-", ms=3, color=color, label=label)
+            ax.plot(epochs, [r[f"train_{key}"] for r in rows], "--", color=color, alpha=0.7)
+    for ax, title in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(f"{title} (validation solid, training dashed)", fontsize="medium")
+        ax.grid(alpha=0.3)
+    if any(runs.values()):
+        acc_ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     _save(fig, path, dpi=100, tight=True)

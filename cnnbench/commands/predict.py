@@ -34,6 +34,7 @@ from ..data.images import BadImage, decode_file, printable
 from ..data.transforms import BatchTransform
 from ..device import resolve_device
 from ..errors import CnnbenchError, user_errors
+from ..export import OnnxClassifier, is_exported_file
 from ..plots import write_image_grid
 from ..runs import compose_saved
 from .args import (
@@ -119,12 +120,18 @@ def predict(
 ) -> dict[str, Any]:
     """Classify `paths`; write predictions.csv, predictions.png (and skipped.csv if any)."""
     run_dir = Path(run_dir).expanduser().resolve()
-    ckpt = load_best(run_dir)
-    channels, height, width = (int(v) for v in ckpt["input_size"])
-    classes = list(ckpt["classes"])
-    mean, std = normalization(run_dir, ckpt)
     device = resolve_device(DeviceConfig(name=DeviceName(device_name)))
-    model = model_from_checkpoint(ckpt, device)
+    if is_exported_file(run_dir):  # `cnnbench export`'s file, run by onnxruntime (export.py)
+        exported = OnnxClassifier(run_dir)
+        (channels, height, width), classes = exported.input_size, exported.classes
+        mean, std, model = exported.mean, exported.std, exported.torch_logits
+        run_dir = run_dir.parent  # default --out: predict/ next to the .onnx file
+    else:
+        ckpt = load_best(run_dir)
+        channels, height, width = (int(v) for v in ckpt["input_size"])
+        classes = list(ckpt["classes"])
+        mean, std = normalization(run_dir, ckpt)
+        model = model_from_checkpoint(ckpt, device)
     transform = BatchTransform(train=False, mean=mean, std=std)
     k = min(5, len(classes))
 
