@@ -278,12 +278,17 @@ DEVICES: dict[str, DeviceConfig] = {d.value: DeviceConfig(name=d) for d in Devic
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # none (metrics.csv only) or tensorboard (RUN_DIR/tb)
+    """Where the per-epoch metrics go besides metrics.csv (loggers.py):
+    none; tensorboard (RUN_DIR/tb); mlflow (RUN_DIR/mlruns, SQLite, unless
+    MLFLOW_TRACKING_URI is set; view with `mlflow ui --backend-store-uri
+    sqlite:///RUN_DIR/mlruns/mlflow.db`); wandb (RUN_DIR/wandb, offline unless WANDB_MODE
+    says otherwise; upload with `wandb sync RUN_DIR/wandb/offline-run-*`)."""
+
+    name: str = "none"
 
 
 LOGGERS: dict[str, LoggerConfig] = {
-    "none": LoggerConfig(),
-    "tensorboard": LoggerConfig(name="tensorboard"),
+    name: LoggerConfig(name=name) for name in ("none", "tensorboard", "mlflow", "wandb")
 }
 
 # Groups whose options are schemas registered here (the others are YAML presets in configs/).

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import atomic_write_text
+from .config import LOGGERS
 from .errors import CnnbenchError
 
-LOGGERS = ("none", "tensorboard", "mlflow", "wandb")
 EXPERIMENT = "cnnbench"  # MLflow experiment / wandb project unless the environment names one
 RUN_DIR_TAG = "cnnbench.run_dir"  # MLflow tag: which run dir an MLflow run belongs to
 # The logger's run id, kept in the run dir: a resumed run logs into the same MLflow/wandb run

@@ -79,21 +79,24 @@ def top_confusions(
 ) -> list[dict[str, Any]]:
     """The `k` most frequent (true -> predicted) mistakes, most frequent first."""
     n = len(classes)
-    matrix = np.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)
-    np.fill_diagonal(matrix, 0)
-    order = np.lexsort((np.arange(n * n), -matrix.ravel()))  # by count, then row-major
-    pairs = [divmod(int(i), n) for i in order[:k] if matrix.flat[i] > 0]
-    return [dict(true=classes[t], predicted=classes[p], count=int(matrix[t, p])) for t, p in pairs]
+    wrong = labels != predicted  # only the mistakes are counted: no classes x classes matrix
+    cells, counts = np.unique(labels[wrong] * n + predicted[wrong], return_counts=True)
+    order = np.lexsort((cells, -counts))[:k]  # by count, then row-major
+    return [
+        dict(true=classes[int(c) // n], predicted=classes[int(c) % n], count=int(counts[i]))
+        for i, c in zip(order, cells[order], strict=True)
+    ]
 
 
-def calibration(labels: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, Any]:
+def calibration(
+    labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, n_bins: int = ECE_BINS
+) -> dict[str, Any]:
     """Expected calibration error over `n_bins` equal-width confidence bins, and the bins.
 
     Confidence is the top probability; bin b holds lower < confidence <= upper (the first
     bin also takes 0). ECE = sum over bins of (images in bin / N) * |accuracy - confidence|.
     """
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
+    correct = predicted == labels
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     which = np.digitize(confidence, edges[1:-1], right=True)
     bins, ece = [], 0.0
@@ -121,11 +124,12 @@ def calibration(labels: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -
     )
 
 
-def confident_mistakes(labels: np.ndarray, probs: np.ndarray, k: int = MAX_MISTAKES) -> list[int]:
+def confident_mistakes(
+    labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, k: int = MAX_MISTAKES
+) -> list[int]:
     """Indices of the `k` wrong predictions made with the highest confidence, highest first."""
-    predicted = probs.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)
-    order = np.argsort(-probs[wrong, predicted[wrong]], kind="stable")
+    order = np.argsort(-confidence[wrong], kind="stable")
     return [int(i) for i in wrong[order][:k]]
 
 
@@ -145,15 +149,22 @@ def _pil_image(image: np.ndarray) -> Any:
 
 
 def mistake_rows(
-    labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], k: int = MAX_MISTAKES
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    confidence: np.ndarray,
+    classes: Sequence[str],
+    k: int = MAX_MISTAKES,
 ) -> list[dict[str, Any]]:
     """The `k` most confident mistakes: index, true and predicted class, confidence."""
-    rows = []
-    for i in confident_mistakes(labels, probs, k):
-        p = int(probs[i].argmax())
-        true, predicted = classes[labels[i]], classes[p]
-        rows.append(dict(index=i, true=true, predicted=predicted, confidence=_rounded(probs[i, p])))
-    return rows
+    return [
+        dict(
+            index=i,
+            true=classes[labels[i]],
+            predicted=classes[predicted[i]],
+            confidence=_rounded(confidence[i]),
+        )
+        for i in confident_mistakes(labels, predicted, confidence, k)
+    ]
 
 
 def write_mistakes(path: Path, images: Any, rows: list[dict[str, Any]]) -> None:
@@ -188,26 +199,42 @@ def evaluation_report(
     images, accuracy, per_class, macro_avg, weighted_avg, top_confusions, calibration,
     misclassified (the most confident mistakes) and files (the PNGs written, else None).
     """
-    from .plots import write_reliability_diagram
-
     labels_np = _as_numpy(labels, np.int64).reshape(-1)
     probs_np = _as_numpy(probs, np.float64)
     classes = [str(c) for c in classes]
     _check(labels_np, probs_np, classes)
-    predicted = probs_np.argmax(axis=1)
+    top1 = probs_np.argmax(axis=1)
+    return top1_report(labels_np, top1, probs_np.max(axis=1), classes, images, out_dir=out_dir)
+
+
+def top1_report(
+    labels: Any,
+    predicted: Any,
+    confidence: Any,
+    classes: Sequence[str],
+    images: Any = None,
+    *,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """`evaluation_report` from each image's top-1 class and its probability alone (what a
+    model with thousands of classes leaves in memory: no N x classes array)."""
+    from .plots import write_reliability_diagram
+
+    labels, predicted = _as_numpy(labels, np.int64), _as_numpy(predicted, np.int64)
+    confidence = _as_numpy(confidence, np.float64)
+    classes = [str(c) for c in classes]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    report: dict[str, Any] = dict(images=len(labels_np))
-    report.update(per_class_scores(labels_np, predicted, classes))
-    report["top_confusions"] = top_confusions(labels_np, predicted, classes)
-    report["calibration"] = calibration(labels_np, probs_np)
+    report: dict[str, Any] = dict(images=len(labels))
+    report.update(per_class_scores(labels, predicted, classes))
+    report["top_confusions"] = top_confusions(labels, predicted, classes)
+    report["calibration"] = calibration(labels, predicted, confidence)
     files = dict(reliability=str(out_dir / "reliability.png"), misclassified=None)
     write_reliability_diagram(out_dir / "reliability.png", report["calibration"])
-    report["misclassified"] = mistake_rows(labels_np, probs_np, classes)
+    report["misclassified"] = mistake_rows(labels, predicted, confidence, classes)
     if images is not None:
-        if len(images) != len(labels_np):
-            raise ValueError(f"{len(images)} images for {len(labels_np)} labels")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images for {len(labels)} labels")
         path = out_dir / "misclassified.png"
         write_mistakes(path, images, report["misclassified"])
         files["misclassified"] = str(path) if report["misclassified"] else None

@@ -331,7 +331,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     show = cfg.progress and main
     validate = partial(evaluate, eval_net, autocast=step.autocast, progress=show, dist=ddp)
-    logger = open_logger(cfg.logger, out_dir) if main else NullLogger()  # logger=tensorboard
+    logger = open_logger(cfg.logger, out_dir, cfg) if main else NullLogger()  # logger=...
     writers = (CurvesWriter(out_dir / "curves.png") if main else None, logger)
     throughput = [0, 0.0]  # images trained, seconds
     interrupt.set_quiet(not main)

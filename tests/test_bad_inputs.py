@@ -160,7 +160,7 @@ CASES: dict[str, Case] = {
         "cat",
     ),
     "class folder linked to another class folder": (
-        lambda tmp, run: [*TINY, "dataset=folder", f"dataset.root={_linked_class(tmp)}"],
+        lambda tmp, run: [*NO_DATA, "dataset=folder", f"dataset.root={_linked_class(tmp)}"],
         ("images/dog is a link to ", "images/cat, which overlaps the dataset folder", "link"),
     ),
 }

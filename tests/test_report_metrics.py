@@ -93,15 +93,16 @@ def test_expected_calibration_error(tmp_path):
 def test_calibration_bin_edges_and_a_perfect_model():
     labels = np.array([0, 0, 1, 1])
     probs = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
-    cal = calibration(labels, probs)
+    cal = calibration(labels, probs.argmax(1), probs.max(1))
     assert cal["ece"] == 0.0 and cal["bins"][-1]["count"] == 4  # confidence 1.0: last bin
     edge = np.array([[0.6, 0.4]] * 2)  # 0.6 = 9/15 exactly: bin 8, (8/15, 9/15]
-    cal = calibration(np.array([0, 1]), edge)
+    cal = calibration(np.array([0, 1]), edge.argmax(1), edge.max(1))
     assert cal["bins"][8]["count"] == 2 and cal["ece"] == pytest.approx(0.1)
 
 
 def test_confident_mistakes_and_the_misclassified_grid(tmp_path):
-    assert confident_mistakes(LABELS.numpy(), PROBS.numpy().astype(float)) == [3, 6, 8, 9]
+    probs = PROBS.numpy().astype(float)
+    assert confident_mistakes(LABELS.numpy(), probs.argmax(1), probs.max(1)) == [3, 6, 8, 9]
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (10, 3, 16, 16), dtype=np.uint8))
     report = evaluation_report(LABELS, PROBS, CLASSES, images, out_dir=tmp_path)

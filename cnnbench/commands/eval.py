@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from ..checkpoint import atomic_write_text, load_checkpoint
+from ..data import ImageFiles, ImageTensors
+from ..data.images import decode_file
 from ..device import autocast_for, resolve_device, resolve_precision
 from ..distributed import Distributed
 from ..engine import evaluate
@@ -26,6 +28,7 @@ from ..errors import CnnbenchError, user_errors
 from ..metrics import write_json
 from ..models import create_model
 from ..plots import write_confusion_matrix
+from ..report_metrics import top1_report
 from ..runs import compose_saved, split_override
 from ..train import Data, build_data, eval_loader
 from .args import (
@@ -83,16 +86,28 @@ def rebuild_data(cfg: Any) -> Data:
     return build_data(cfg, progress=cfg.progress)
 
 
+# Above this many classes no classes x classes matrix is made (20,000 classes: 3.2 GB);
+# the per-class figures and the top confusions need none.
+MAX_MATRIX_CLASSES = 1000
+
+
 def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, n: int) -> torch.Tensor:
     """n x n counts: rows are true classes, columns predicted classes."""
     return torch.bincount(labels * n + predicted, minlength=n * n).view(n, n)
 
 
-def per_class_rows(matrix: torch.Tensor, classes: list[str]) -> list[dict[str, Any]]:
-    support, predicted, correct = matrix.sum(1), matrix.sum(0), matrix.diag()
+def per_class_rows(
+    labels: torch.Tensor, predicted: torch.Tensor, classes: list[str], report: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """support, correct, accuracy (= recall), precision and F1 per class."""
+    n = len(classes)
+    support = torch.bincount(labels, minlength=n)
+    correct = torch.bincount(labels[labels == predicted], minlength=n)
+    hits = torch.bincount(predicted, minlength=n)
     rows = []
     for i, name in enumerate(classes):
-        s, p, c = int(support[i]), int(predicted[i]), int(correct[i])
+        s, p, c = int(support[i]), int(hits[i]), int(correct[i])
+        scores = report["per_class"][i]
         rows.append(
             dict(
                 class_name=name,
@@ -100,9 +115,44 @@ def per_class_rows(matrix: torch.Tensor, classes: list[str]) -> list[dict[str, A
                 correct=c,
                 accuracy=c / s if s else None,
                 precision=c / p if p else None,
+                f1=scores["f1"] if s or p else None,
             )
         )
     return rows
+
+
+class Top1:
+    """A forward hook keeping each image's top-1 class and its probability (not N x classes)."""
+
+    def __init__(self) -> None:
+        self.classes: list[torch.Tensor] = []
+        self.confidence: list[torch.Tensor] = []
+
+    def __call__(self, _module: nn.Module, _inputs: Any, logits: torch.Tensor) -> None:
+        top = logits.detach().float().softmax(dim=1).max(dim=1)
+        self.classes.append(top.indices.cpu())
+        self.confidence.append(top.values.cpu())
+
+
+def split_images(split: Any) -> Any:
+    """The uint8 images of a split: the tensor in memory, or decoded on demand (streamed)."""
+    if isinstance(split, ImageTensors):
+        return split.images
+    return _DecodedFiles(split)
+
+
+class _DecodedFiles:
+    """images[indices] of a streamed split, decoded as training decodes them."""
+
+    def __init__(self, split: ImageFiles) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: list[int]) -> torch.Tensor:
+        paths = self.split.paths()
+        return torch.stack([decode_file(paths[i], self.split.size) for i in index])
 
 
 def evaluate_run(
@@ -134,14 +184,12 @@ def evaluate_run(
     images = getattr(data.splits, split)
     loader = eval_loader(cfg, images, data.eval_tf, device, Distributed())
 
-    # ---- model; a forward hook records each batch's top-1 class for the confusion matrix
+    # ---- model; a forward hook records each image's top-1 class and probability
     model = model_from_checkpoint(ckpt, device)
     if cfg.device.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    predictions: list[torch.Tensor] = []
-    hook = model.register_forward_hook(
-        lambda _m, _i, out: predictions.append(out.detach().float().topk(1, dim=1).indices[:, 0])
-    )
+    top1 = Top1()
+    hook = model.register_forward_hook(top1)
     try:
         result = evaluate(
             model,
@@ -153,8 +201,19 @@ def evaluate_run(
         )
     finally:
         hook.remove()
-    matrix = confusion_matrix(images.labels, torch.cat(predictions).cpu(), len(classes))
-    per_class = per_class_rows(matrix, classes)
+    out_dir = Path(out_dir) if out_dir else run_dir / "eval"
+    labels, predicted = images.labels, torch.cat(top1.classes)
+    report = top1_report(
+        labels,
+        predicted,
+        torch.cat(top1.confidence),
+        classes,
+        split_images(images),
+        out_dir=out_dir,
+    )
+    per_class = per_class_rows(labels, predicted, classes, report)
+    small = len(classes) <= MAX_MATRIX_CLASSES
+    matrix = confusion_matrix(labels, predicted, len(classes)).tolist() if small else None
 
     metrics = dict(
         run_dir=str(run_dir),
@@ -166,13 +225,13 @@ def evaluate_run(
         top5=result.top5,
         per_class_accuracy={r["class_name"]: r["accuracy"] for r in per_class},
         classes=classes,
-        confusion_matrix=matrix.tolist(),
+        confusion_matrix=matrix,  # None above MAX_MATRIX_CLASSES classes
+        report={k: v for k, v in report.items() if k != "per_class"},
     )
-    out_dir = Path(out_dir) if out_dir else run_dir / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
     atomic_write_text(out_dir / "per_class.csv", _per_class_csv(per_class))
-    write_confusion_matrix(out_dir / "confusion_matrix.png", matrix.tolist(), classes)
+    if matrix is not None:
+        write_confusion_matrix(out_dir / "confusion_matrix.png", matrix, classes)
     metrics["out_dir"] = str(out_dir)
     metrics["per_class"] = per_class
     return metrics
@@ -180,7 +239,7 @@ def evaluate_run(
 
 def _per_class_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    fields = ["class_name", "support", "correct", "accuracy", "precision"]
+    fields = ["class_name", "support", "correct", "accuracy", "precision", "f1"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
@@ -188,20 +247,41 @@ def _per_class_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def format_report(m: dict[str, Any]) -> str:
-    width = max(len("class"), *(len(r["class_name"]) for r in m["per_class"]))
+    """The console report: totals, the per-class table, averages, calibration, confusions."""
+    report = m["report"]
+    width = max(len("weighted avg"), *(len(r["class_name"]) for r in m["per_class"]))
+    top5 = f"  top-5 {m['top5']:.4f}" if len(m["classes"]) > 5 else ""
     lines = [
         f"{m['split']} split of {m['run_dir']} (best.pt from epoch {m['checkpoint_epoch']}, "
         f"{m['images']} images)",
-        f"loss {m['loss']:.4f}  top-1 {m['top1']:.4f}  top-5 {m['top5']:.4f}",
+        f"loss {m['loss']:.4f}  top-1 {m['top1']:.4f}{top5}",
         "",
-        f"{'class':<{width}}  support  accuracy  precision",
+        f"{'class':<{width}}  support  recall  precision      f1",
     ]
     for r in m["per_class"]:
-        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
-        prec = "-" if r["precision"] is None else f"{r['precision']:.4f}"
-        lines.append(f"{r['class_name']:<{width}}  {r['support']:>7}  {acc:>8}  {prec:>9}")
-    lines += ["", f"wrote metrics.json, per_class.csv, confusion_matrix.png to {m['out_dir']}"]
+        cells = f"{_cell(r['accuracy']):>6}  {_cell(r['precision']):>9}  {_cell(r['f1']):>6}"
+        lines.append(f"{r['class_name']:<{width}}  {r['support']:>7}  {cells}")
+    for name in ("macro_avg", "weighted_avg"):
+        avg = report[name]
+        cells = f"{avg['recall']:>6.4f}  {avg['precision']:>9.4f}  {avg['f1']:>6.4f}"
+        lines.append(f"{name.replace('_', ' '):<{width}}  {avg['support']:>7}  {cells}")
+    cal = report["calibration"]
+    lines += ["", f"calibration: ECE {cal['ece']:.4f} ({cal['n_bins']} bins), mean confidence "
+              f"{cal['mean_confidence']:.4f}"]  # fmt: skip
+    confusions = report["top_confusions"][:5]
+    if confusions:
+        pairs = ", ".join(f"{c['true']} -> {c['predicted']} ({c['count']})" for c in confusions)
+        lines.append(f"most frequent confusions: {pairs}")
+    files = ["metrics.json", "per_class.csv"] + (
+        ["confusion_matrix.png"] if m["confusion_matrix"] is not None else []
+    )
+    files += [Path(f).name for f in report["files"].values() if f]
+    lines += ["", f"wrote {', '.join(files)} to {m['out_dir']}"]
     return "\n".join(lines)
 
 
