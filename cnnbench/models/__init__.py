@@ -20,9 +20,7 @@ from .weights import apply_weights
 # any other family file (a new one needs no edit here).
 FAMILIES = ("lenet", "alexnet", "vgg", "resnet", "fastnet")
 _HELPERS = {"registry", "summary", "weights"}
-_OTHERS = sorted(
-    m.name for m in iter_modules(__path__) if m.name not in (*FAMILIES, *_HELPERS)
-)
+_OTHERS = sorted(m.name for m in iter_modules(__path__) if m.name not in (*FAMILIES, *_HELPERS))
 for _family in (*FAMILIES, *_OTHERS):
     import_module(f".{_family}", __name__)
 
