@@ -46,6 +46,13 @@ class Normalize(Enum):
     none = "none"
 
 
+class CacheMode(Enum):
+    auto = "auto"  # in memory up to max_memory_mb, else the memory-mapped cache on disk
+    memory = "memory"  # in memory, whatever the size
+    disk = "disk"  # the memory-mapped cache on disk, whatever the size
+    off = "off"  # no decoded cache for folders over max_memory_mb: decoded every epoch
+
+
 class Anneal(Enum):
     cos = "cos"
     linear = "linear"
@@ -140,7 +147,10 @@ class FolderDataset(OwnSplitsDataset):
     name: str = "folder"
     root: str = "data"
     max_per_class: int | None = None  # use at most this many files per class (seeded pick)
-    max_memory_mb: int = 2048  # decode into memory up to this size, else stream from disk
+    max_memory_mb: int = 2048  # decode into memory up to this size (dataset.cache=auto)
+    # Where the decoded pixels live while training: auto (memory up to max_memory_mb, else a
+    # memory-mapped file in cache_dir), memory, disk, off (larger folders: re-decoded each epoch).
+    cache: CacheMode = CacheMode.auto
 
 
 @dataclass

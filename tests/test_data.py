@@ -494,7 +494,9 @@ def test_streamed_folder_gives_the_same_batches_as_in_memory(tmp_path, pets):
     add_odd_modes(pets / "dog")
     add_broken_files(pets / "cat")
     memory = load(pets, tmp_path, "dataset.image_size=16")
-    stream = load(pets, tmp_path, "dataset.image_size=16", "dataset.max_memory_mb=0")
+    stream = load(
+        pets, tmp_path, "dataset.image_size=16", "dataset.max_memory_mb=0", "dataset.cache=off"
+    )
     assert isinstance(stream.train, ImageFiles) and isinstance(memory.train, ImageTensors)
     assert stream.train.files == memory.train.files
     for a, b in zip(stream.train_stats(), memory.train_stats(), strict=True):
@@ -511,7 +513,9 @@ def test_streamed_folder_gives_the_same_batches_as_in_memory(tmp_path, pets):
 
 
 def test_streaming_with_workers_and_a_file_broken_after_the_scan(tmp_path, pets, caplog):
-    data = load(pets, tmp_path, "dataset.image_size=16", "dataset.max_memory_mb=0")
+    data = load(
+        pets, tmp_path, "dataset.image_size=16", "dataset.max_memory_mb=0", "dataset.cache=off"
+    )
     broken = Path(data.train.root) / data.train.files[0]
     broken.write_bytes(b"")  # broken after the scan: fed as a blank image, never a crash
     data.train.num_workers = 2

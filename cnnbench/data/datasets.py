@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import CnnbenchError
 from .cache import content_key
-from .splits import DataSplits, ImageFiles, ImageTensors, SkippedFile, Split
+from .splits import DataSplits, ImageFiles, ImageTensors, MappedImages, SkippedFile, Split
 
 __all__ = [
     "DataSplits",
@@ -28,6 +28,7 @@ __all__ = [
     "ImageTensors",
     "LoadOptions",
     "Loaded",
+    "MappedImages",
     "SkippedFile",
     "dataset_names",
     "load_dataset",

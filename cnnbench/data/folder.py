@@ -27,9 +27,12 @@ Everything left out is counted in one log line and listed in skipped_files.txt.
 Every file is then fully decoded once before training (the scan; `images.decode_file`, the
 decode predict uses too): empty, truncated, non-image and unreadable files are skipped and
 reported, the rest are turned upright (EXIF) and converted to RGB at one storage size.
-Folders whose decoded size fits `dataset.max_memory_mb` are kept in memory as uint8 tensors;
-larger ones are decoded batch by batch by DataLoader workers. Scan results (and the decoded
-images) are cached on disk keyed by the files' names, sizes and mtimes.
+Where the decoded pixels live while training is `dataset.cache`: `auto` keeps folders whose
+decoded size fits `dataset.max_memory_mb` in memory as uint8 tensors and writes larger ones,
+during the scan, into a memory-mapped cache file read through the page cache (mapped.py);
+`memory` and `disk` force one or the other; `off` decodes larger folders batch by batch in
+DataLoader workers every epoch (streamed). Scan results (and the decoded images) are cached on
+disk keyed by the files' names, sizes and mtimes.
 """
 
 from __future__ import annotations
@@ -45,10 +48,20 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import CacheMode
 from ..errors import CnnbenchError
 from .cache import cache_root, content_key, load_entry, save_entry
 from .images import BadImage, decode_file, image_size_of
-from .splits import ImageFiles, ImageTensors, SkippedFile
+from .mapped import (
+    DiskSink,
+    MappedFile,
+    MemorySink,
+    build_lock,
+    check_space,
+    megabytes,
+    open_mapped,
+)
+from .splits import ImageFiles, ImageTensors, MappedImages, SkippedFile
 
 log = logging.getLogger("cnnbench")
 
@@ -87,6 +100,7 @@ class ScannedPool:
     size: tuple[int, int]
     images: torch.Tensor | None  # N x 3 x H x W uint8 when decoded into memory
     skipped: list[SkippedFile]
+    mapped: MappedFile | None = None  # the memory-mapped cache file holding the images
 
 
 def _visible(name: str) -> bool:
@@ -352,8 +366,10 @@ def scan_pool(
     keep: bool,
     workers: str | int,
     progress: bool = True,
+    sink: MemorySink | DiskSink | None = None,
 ) -> ScannedPool:
-    """Fully decode every file of `pool` once; keep the images when `keep`."""
+    """Fully decode every file of `pool` once; keep the images when `keep`, in `sink`
+    (default: memory; a DiskSink writes them into the memory-mapped cache file instead)."""
     from tqdm import tqdm
 
     paths = [str(pool.folder / f) for f in pool.files]
@@ -368,7 +384,7 @@ def scan_pool(
     )
     ok = torch.zeros(n, dtype=torch.bool)
     sums = torch.zeros(n, 2, 3, dtype=torch.float64)
-    images: torch.Tensor | None = None
+    sink = sink or MemorySink()
     skipped: list[SkippedFile] = []
     stored, first = 0, None
     bar = tqdm(total=n, desc=f"[Scan] {pool.folder.name}", disable=None if progress else True)
@@ -382,11 +398,11 @@ def scan_pool(
             if first is None:
                 first = (pool.files[i], shape)
                 if keep:
-                    images = torch.empty((n, 3, *shape), dtype=torch.uint8)
+                    sink.open(n, (3, *shape))
             elif shape != first[1]:
                 raise _size_mismatch(pool.folder, first[0], first[1], pool.files[i], shape)
             if keep:
-                images[stored] = chunk[k]
+                sink.put(chunk[k])
             stored += 1
             ok[i] = True
             sums[i] = chunk_sums[k]
@@ -399,7 +415,7 @@ def scan_pool(
         labels=torch.tensor(pool.labels, dtype=torch.int64)[index],
         sums=sums[index],
         size=first[1] if first is not None else (size or (0, 0)),
-        images=images[:stored] if images is not None else None,
+        images=sink.result() if keep else None,
         skipped=skipped,
     )
 
@@ -423,7 +439,8 @@ def _count_skips(skipped: list[SkippedFile]) -> str:
 
 
 def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
-    """Pools of `cfg.root` as in-memory ImageTensors or streamed ImageFiles.
+    """Pools of `cfg.root` as in-memory ImageTensors, memory-mapped MappedImages or streamed
+    ImageFiles (`dataset.cache`, `_pixels_mode`).
 
     Returns ({split: pool}, classes, skipped files, content key of the pools).
     """
@@ -441,14 +458,19 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
         )
     size, estimate = _storage_size(cfg, tcfg, pools)
     decoded_mb = total * 3 * estimate[0] * estimate[1] / 2**20
-    in_memory = decoded_mb <= cfg.max_memory_mb
-    mode = "memory" if in_memory else "stream"
+    mode = _pixels_mode(cfg, decoded_mb)
+    in_memory = mode == "memory"
     where = cache_root(cfg.cache_dir) / "folders"
     scanned: dict[str, ScannedPool] = {}
     keys = []
     for split, pool in pools.items():
         key = content_key("folder", mode, size, classes, pool.prefix, pool.files, pool.stamps)
         keys.append(key)
+        if mode == "disk":
+            needed = len(pool.files) * 3 * estimate[0] * estimate[1]
+            target = _MappedTarget(where / f"{key}.u8", key, pool, root, size, needed)
+            scanned[split] = _mapped_pool(target, workers, progress)
+            continue
         path = where / f"{key}.pt"
         entry = load_entry(path)
         if entry is not None and _became_readable(root, entry["skipped"]):
@@ -468,13 +490,7 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
         log.info(f"{pool.folder}: {len(pool.files)} files, {what} at {_size_text(size)}")
         result = scan_pool(pool, size, in_memory, workers, progress)
         scanned[split] = result
-        entry = dict(
-            files=result.files,
-            labels=result.labels,
-            sums=result.sums,
-            size=list(result.size),
-            skipped=[[str(Path(s.path).relative_to(root)), s.reason] for s in result.skipped],
-        )
+        entry = dict(labels=result.labels, sums=result.sums, **_index_of(result, root))
         if result.images is not None:
             entry["images"] = result.images
         if save_entry(path, entry):
@@ -497,14 +513,117 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
     for split, s in scanned.items():
         if s.images is not None:
             splits[split] = ImageTensors(s.images, s.labels, s.files, s.sums)
+        elif s.mapped is not None:
+            rows = torch.arange(len(s.files))
+            splits[split] = MappedImages(s.mapped.images, rows, s.labels, s.files, s.sums)
         else:
             splits[split] = ImageFiles(str(root), s.files, s.labels, s.size, s.sums, num_workers)
-    if not in_memory:
-        log.info(
-            f"{root}: about {decoded_mb:,.0f} MB decoded > dataset.max_memory_mb="
-            f"{cfg.max_memory_mb}: streaming from disk with {num_workers} loader workers"
-        )
+    why = f"about {megabytes(decoded_mb * 2**20)} decoded, max_memory_mb={cfg.max_memory_mb}"
+    if mode == "stream":
+        log.info(f"{root}: {why}, dataset.cache=off: streaming with {num_workers} loader workers")
+    elif mode == "disk":
+        log.info(f"{root}: {why}: training reads the memory-mapped cache through the page cache")
     return splits, classes, left_out + skipped, content_key("folder-set", keys)
+
+
+def _pixels_mode(cfg, decoded_mb: float) -> str:
+    """Where the decoded pixels live (dataset.cache): 'memory', 'disk' (the memory-mapped
+    cache) or 'stream' (decoded from the files every epoch)."""
+    cache = CacheMode(getattr(cfg.cache, "value", cfg.cache))
+    if cache == CacheMode.memory:
+        _check_memory(decoded_mb, Path(cfg.root))
+    if cache in (CacheMode.memory, CacheMode.disk):
+        return cache.value
+    if decoded_mb <= cfg.max_memory_mb:
+        return "memory"
+    return "disk" if cache == CacheMode.auto else "stream"
+
+
+def _check_memory(decoded_mb: float, root: Path) -> None:
+    """dataset.cache=memory: an error when the decoded images cannot fit in available memory."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return
+    fields = dict(line.split(":", 1) for line in meminfo.splitlines() if ":" in line)
+    available_mb = int(fields.get("MemAvailable", "0 kB").split()[0]) / 1024
+    if available_mb and decoded_mb > available_mb:
+        raise CnnbenchError(
+            f"dataset.cache=memory: {root} needs about {decoded_mb:,.0f} MB decoded but only "
+            f"{available_mb:,.0f} MB of memory are available; use dataset.cache=disk (a "
+            "memory-mapped file read through the page cache) or dataset.cache=auto"
+        )
+
+
+def _index_of(result: ScannedPool, root: Path) -> dict:
+    """What a cache entry records of a scan besides the pixels, labels and sums."""
+    return dict(
+        files=result.files,
+        size=list(result.size),
+        skipped=[[str(Path(s.path).relative_to(root)), s.reason] for s in result.skipped],
+    )
+
+
+@dataclass
+class _MappedTarget:
+    """One split's memory-mapped cache file, and what building it needs."""
+
+    path: Path
+    key: str
+    pool: Pool
+    root: Path
+    size: tuple[int, int] | None  # storage size (None: the images' own)
+    needed: int  # estimated bytes of the decoded images
+
+    def fresh(self) -> MappedFile | None:
+        """The complete file, unless a file it skipped as unreadable can be read now."""
+        mapped = open_mapped(self.path, self.key)
+        if mapped is not None and _became_readable(self.root, mapped.index["skipped"]):
+            return None  # a permission fix changes no mtime: check again
+        return mapped
+
+    def build(self, workers: str | int, progress: bool) -> MappedFile:
+        """Decode the pool into the file (the space is checked first and shown)."""
+        what = str(self.pool.folder)
+        free = check_space(self.path.parent, self.needed, what)
+        log.info(
+            f"{what}: {len(self.pool.files)} files, decoding at {_size_text(self.size)} into "
+            f"the memory-mapped cache {self.path}: about {megabytes(self.needed)} on disk "
+            f"({megabytes(free)} free there)"
+        )
+        sink = DiskSink(self.path, self.key, what)
+        try:
+            result = scan_pool(self.pool, self.size, True, workers, progress, sink)
+            mapped = sink.finish(result.labels, result.sums, _index_of(result, self.root))
+        except BaseException:
+            sink.abort()
+            raise
+        log.info(f"cached as {self.path}")
+        return mapped
+
+
+def _mapped_pool(target: _MappedTarget, workers: str | int, progress: bool) -> ScannedPool:
+    """The pool from its memory-mapped cache file: the file when complete, else built
+    (decoded once, under a lock per key: a parallel job waits for it)."""
+    mapped = target.fresh()
+    if mapped is not None:
+        log.info(
+            f"{target.pool.folder}: {len(mapped.index['files'])} checked images from the "
+            f"memory-mapped cache {target.path} ({megabytes(mapped.nbytes)})"
+        )
+    else:
+        with build_lock(target.path, str(target.pool.folder)):
+            mapped = target.fresh() or target.build(workers, progress)
+    index = mapped.index
+    return ScannedPool(
+        files=index["files"],
+        labels=mapped.labels,
+        sums=mapped.sums,
+        size=tuple(index["size"]),
+        images=None,
+        skipped=[SkippedFile(str(target.root / p), r) for p, r in index["skipped"]],
+        mapped=mapped,
+    )
 
 
 def _became_readable(root: Path, skipped: list[list[str]]) -> bool:
