@@ -4,9 +4,10 @@ Images stay uint8 in memory; each batch goes to the training device and through 
 ops there as a whole (resize, random crop with zero padding, random resized crop, center crop,
 horizontal flip), then one fused pass converts it to float and normalizes. `PIPELINE` orders
 the ops; each op reads its own keys of the transforms config. The random draws come from a
-CPU generator, so a seed gives the same augmentation on any device. The draws follow
-torchvision's per-sample transforms (RandomCrop, RandomResizedCrop, RandomHorizontalFlip):
-same distributions, one batch at a time.
+CPU generator, so a seed gives the same augmentation on any device; they reach a GPU with
+non_blocking copies (a blocking copy makes the host wait for the GPU, every step). The draws
+follow torchvision's per-sample transforms (RandomCrop, RandomResizedCrop,
+RandomHorizontalFlip): same distributions, one batch at a time.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ class RandomHorizontalFlip(BatchOp):
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         flip = torch.rand(x.shape[0], generator=gen) < 0.5
-        return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+        return torch.where(flip.to(x.device, non_blocking=True).view(-1, 1, 1, 1), x.flip(3), x)
 
 
 class FloatNormalize:
@@ -216,7 +217,8 @@ class FloatNormalize:
         self.shift = (torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.scale.to(x.device), self.shift.to(x.device)
+        scale = self.scale.to(x.device, non_blocking=True)
+        shift = self.shift.to(x.device, non_blocking=True)
         return (x * scale).sub_(shift)
 
 
@@ -293,7 +295,8 @@ def crop_and_flip(
     cols = left[:, None] + torch.arange(width)  # n x W
     if flip is not None:
         cols = torch.where(flip[:, None], cols.flip(1), cols)
-    index = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, height * width).to(x.device)
+    index = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, height * width)
+    index = index.to(x.device, non_blocking=True)
     flat = x.reshape(n, c, h * w)
     # Chunks keep the int64 index small for big images (it is n x H x W).
     step = max(1, (1 << 22) // (height * width))
@@ -394,7 +397,7 @@ def random_resized_crop(
     n, _, h, w = x.shape
     top, left, ch, cw = resized_crop_params(n, h, w, scale, ratio, gen)
     boxes = torch.stack([torch.arange(n), left, top, left + cw, top + ch], dim=1).to(
-        device=x.device, dtype=x.dtype
+        device=x.device, dtype=x.dtype, non_blocking=True
     )
     return roi_align(x, boxes, (height, width), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
