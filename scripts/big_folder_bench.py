@@ -5,24 +5,26 @@
 
 The folder: --images CIFAR-10 training images (from --cifar, root/<class>/*.jpg) re-encoded as
 512x384 JPEGs, generated once into $CNNBENCH_CACHE/big-folder-512x384-N (or --folder). For
-each model input size (--sizes; the images are stored at the size itself for 32, at 256 for
-224 as the rrc224 preset does) and in one process, interleaved over --rounds rounds after one
-untimed warm-up epoch of every variant (so the figures are "from the second epoch on"):
+each model input size S (--sizes; the images are stored at S for 32, at 256 for 224 as the
+rrc224 preset does) and in one process, interleaved over --rounds rounds after one untimed
+first epoch of every variant and kind (so the figures are "from the second epoch on"):
 
-(a) torchvision: ImageFolder + RandomResizedCrop(S) + flip + ToTensor + Normalize per sample,
-    DataLoader(num_workers=cores, persistent_workers=True): the loop one writes by hand;
+(a) torchvision: ImageFolder + per-sample transforms, DataLoader(num_workers=cores,
+    persistent_workers=True): the loop one writes by hand;
 (b) cnnbench streamed (dataset.cache=off dataset.max_memory_mb=1): DataLoader workers decode
     each file every epoch (with PIL's draft: reduced-scale JPEG decoding);
 (c) cnnbench with the memory-mapped decoded cache (dataset.cache=disk);
-(d) cnnbench in memory (dataset.cache=memory);
+(d) cnnbench in memory (dataset.cache=memory).
 
-(b)-(d) with the same batched RandomResizedCrop(S) + flip on the uint8 batch. Each variant runs
-a data-only epoch (iterate the batches) and a training epoch (train_one_epoch with fused Adam,
-channels_last: the same model and step for all four) of LeNet-5 (at 224 with an adaptive 5x5
-average pool before its head, as the registry's lenet5 takes 32x32 only; its epoch uses the
-first --model-images images, as it is ~50x slower per image). Printed: images/s per round,
-medians, the ratios (c)/(d), (c)/(a), (c)/(b), and the one-off first load of each cnnbench
-variant (scan; for (c) decoding into the cache file).
+Kinds of epoch: `augment` (the batches alone, RandomResizedCrop(S) + flip: per sample in (a),
+batched on the uint8 batch in (b)-(d)), `plain` (the batches alone with the eval transform:
+resize (a) or center crop, no random ops) and `model` (train_one_epoch of LeNet-5 with fused
+Adam, channels_last: the same model and step for all four; at 224 with an adaptive 5x5 average
+pool before its head, as the registry's lenet5 takes 32x32 only). At 224 the data epochs use
+every --every-224-th image and the training epochs every --model-every-th, as a 224 epoch is
+slow on a small CPU. Printed: images/s per round, medians, the ratios (c)/(d), (c)/(a), (c)/(b)
+(medians of the per-round ratios), and the first load of each cnnbench variant (its one scan;
+for (c) decoding into the cache file).
 """
 
 from __future__ import annotations

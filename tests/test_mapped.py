@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import os
 import resource
@@ -305,3 +306,27 @@ def test_fp16_gets_a_grad_scaler_and_bf16_autocasts_without_one():
     assert autocast_for(Precision.bf16, cuda).fast_dtype == torch.bfloat16
     assert autocast_for(Precision.bf16, CPU).fast_dtype == torch.bfloat16
     assert autocast_for(Precision.fp32, CPU) is None
+
+
+# ---------------------------------------------------------------- the benchmark script runs
+
+
+def test_big_folder_bench_runs_every_variant_and_reports_ratios(tmp_path):
+    for name, color in (("cat", (200, 60, 60)), ("dog", (60, 60, 200))):
+        write_images(tmp_path / "cifar" / name, 20, color, size=(32, 32))
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "big_folder_bench.py"), "--cifar"]
+        + [str(tmp_path / "cifar"), "--folder", str(tmp_path / "big"), "--images", "40"]
+        + ["--sizes", "32", "--rounds", "1", "--batch", "8", "--workers", "0"]
+        + ["--cache-dir", str(tmp_path / "cache"), "--json", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "made 40 512x384 JPEGs" in proc.stdout and "32x32 model" in proc.stdout
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["cache_mb"] == pytest.approx(40 * 3 * 32 * 32 / 2**20, rel=0.1)
+    for kind in ("augment", "plain", "model"):
+        assert set(result[f"ratios_{kind}"]) == {"a", "b", "d"}
+        assert all(rate > 0 for rate in result[f"median_{kind}"].values())

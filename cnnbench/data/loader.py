@@ -2,7 +2,7 @@
 
 In-memory splits (ImageTensors) need no workers: a batch is an index op, on the GPU when the
 set fits there (`fits_on_device`). Memory-mapped splits (MappedImages) gather each batch's
-rows from the page cache (sorted by file offset). Streamed folders (ImageFiles) are decoded
+rows through the page cache (faulted in file order). Streamed folders (ImageFiles) are decoded
 by DataLoader workers into uint8 batches. Either way the same BatchTransform then converts and
 augments the batch on the training device. For CUDA, batches gathered on the host go to pinned
 memory (a background thread gathers a few ahead) and are copied with non_blocking=True: no

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import math
@@ -46,6 +45,11 @@ import torch
 
 from ..checkpoint import _fsync_dir
 from ..errors import CnnbenchError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; concurrent builders each write (and rename) a file
+    fcntl = None
 
 log = logging.getLogger("cnnbench")
 
@@ -191,6 +195,9 @@ def build_lock(path: Path, what: str) -> Iterator[None]:
     except OSError as err:
         raise write_error(err, path.parent, what) from None
     with lock:
+        if fcntl is None:
+            yield
+            return
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -234,8 +241,10 @@ class DiskSink:
                 dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
             )
             self.file = os.fdopen(fd, "wb", buffering=1 << 20)
+            fallocate = getattr(os, "posix_fallocate", None)  # not on macOS or Windows
             try:
-                os.posix_fallocate(fd, 0, reserve)  # a full disk fails here, not mid-way
+                if fallocate is not None:
+                    fallocate(fd, 0, reserve)  # a full disk fails here, not mid-way
             except OSError as err:
                 if err.errno in FULL_DISK:
                     raise
