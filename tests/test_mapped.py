@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import subprocess
 import sys
 
@@ -222,16 +223,34 @@ def test_ddp_ranks_shard_the_mapped_file_disjointly_and_cover_the_epoch(tmp_path
 # ---------------------------------------------------------------- full disks
 
 
+def small_disk(monkeypatch, free: int, total: int = 10**12) -> None:
+    usage = shutil.disk_usage("/")._replace(total=total, used=total - free, free=free)
+    monkeypatch.setattr(mapped_module.shutil, "disk_usage", lambda path: usage)
+
+
 def test_too_little_free_space_stops_before_decoding(tmp_path, pets, monkeypatch):
-    monkeypatch.setattr(
-        mapped_module.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})()
-    )
+    small_disk(monkeypatch, free=1000)
     with pytest.raises(CnnbenchError) as err:
         load(pets, tmp_path, SIZE, "dataset.cache=disk")
     text = str(err.value)
     assert "needs 0.035 MB but" in text and "has 0.00095 MB free" in text
     assert "dataset.cache_dir" in text and "dataset.cache=off" in text
     assert cache_files(tmp_path) == cache_files(tmp_path, ".*.tmp") == []
+
+
+def test_auto_streams_when_the_cache_would_nearly_fill_the_disk(
+    tmp_path, pets, monkeypatch, caplog
+):
+    small_disk(monkeypatch, free=60_000, total=1_000_000)  # 0.035 MB + 5% of 1 MB > 60 KB
+    with caplog.at_level(logging.WARNING, logger="cnnbench"):
+        data = load(pets, tmp_path, SIZE, "dataset.max_memory_mb=0")
+    assert isinstance(data.train, ImageFiles)
+    assert "the memory-mapped cache would take 0.035 MB" in caplog.text
+    assert "streaming instead" in caplog.text and cache_files(tmp_path) == []
+    small_disk(monkeypatch, free=90_000, total=1_000_000)  # fits, leaving 5% free
+    assert isinstance(load(pets, tmp_path, SIZE, "dataset.max_memory_mb=0").train, MappedImages)
+    small_disk(monkeypatch, free=0)  # complete files need no space
+    assert isinstance(load(pets, tmp_path, SIZE, "dataset.max_memory_mb=0").train, MappedImages)
 
 
 LIMIT = 40_000  # RLIMIT_FSIZE: writes past 40 KB fail (EFBIG) as on a full disk (ENOSPC)

@@ -58,8 +58,10 @@ from .mapped import (
     MemorySink,
     build_lock,
     check_space,
+    is_complete,
     megabytes,
     open_mapped,
+    room_for,
 )
 from .splits import ImageFiles, ImageTensors, MappedImages, SkippedFile
 
@@ -458,13 +460,16 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
         )
     size, estimate = _storage_size(cfg, tcfg, pools)
     decoded_mb = total * 3 * estimate[0] * estimate[1] / 2**20
-    mode = _pixels_mode(cfg, decoded_mb)
-    in_memory = mode == "memory"
     where = cache_root(cfg.cache_dir) / "folders"
+    mode = _pixels_mode(cfg, decoded_mb)
+    if mode == "disk" and _cache_mode(cfg) == CacheMode.auto:
+        by_key = {_pool_key(mode, size, classes, p): p for p in pools.values()}
+        mode = _disk_if_room(where, root, by_key, 3 * estimate[0] * estimate[1])
+    in_memory = mode == "memory"
     scanned: dict[str, ScannedPool] = {}
     keys = []
     for split, pool in pools.items():
-        key = content_key("folder", mode, size, classes, pool.prefix, pool.files, pool.stamps)
+        key = _pool_key(mode, size, classes, pool)
         keys.append(key)
         if mode == "disk":
             needed = len(pool.files) * 3 * estimate[0] * estimate[1]
@@ -520,16 +525,43 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
             splits[split] = ImageFiles(str(root), s.files, s.labels, s.size, s.sums, num_workers)
     why = f"about {megabytes(decoded_mb * 2**20)} decoded, max_memory_mb={cfg.max_memory_mb}"
     if mode == "stream":
-        log.info(f"{root}: {why}, dataset.cache=off: streaming with {num_workers} loader workers")
+        log.info(f"{root}: {why}: streaming with {num_workers} loader workers")
     elif mode == "disk":
         log.info(f"{root}: {why}: training reads the memory-mapped cache through the page cache")
     return splits, classes, left_out + skipped, content_key("folder-set", keys)
 
 
+def _pool_key(mode: str, size, classes: list[str], pool: Pool) -> str:
+    """The cache key of a pool's entry: its files (names, sizes, mtimes), classes, storage
+    size and where the pixels live."""
+    return content_key("folder", mode, size, classes, pool.prefix, pool.files, pool.stamps)
+
+
+def _cache_mode(cfg) -> CacheMode:
+    return CacheMode(getattr(cfg.cache, "value", cfg.cache))
+
+
+def _disk_if_room(where: Path, root: Path, by_key: dict[str, Pool], image_bytes: int) -> str:
+    """dataset.cache=auto above max_memory_mb: 'disk' when the pools' cache files are complete
+    or fit (`room_for`), else 'stream', with a warning saying why."""
+    missing = [pool for key, pool in by_key.items() if not is_complete(where / f"{key}.u8", key)]
+    needed = sum(len(pool.files) for pool in missing) * image_bytes
+    fits, free = room_for(where, needed)
+    if not missing or fits:
+        return "disk"
+    log.warning(
+        f"{root}: the memory-mapped cache would take {megabytes(needed)} in {where}, which has "
+        f"{megabytes(free)} free (dataset.cache=auto leaves 5% of the disk free): streaming "
+        "instead, decoding every file every epoch (several times slower). Free some space or "
+        "point dataset.cache_dir at a larger disk (dataset.cache=disk insists)"
+    )
+    return "stream"
+
+
 def _pixels_mode(cfg, decoded_mb: float) -> str:
     """Where the decoded pixels live (dataset.cache): 'memory', 'disk' (the memory-mapped
     cache) or 'stream' (decoded from the files every epoch)."""
-    cache = CacheMode(getattr(cfg.cache, "value", cfg.cache))
+    cache = _cache_mode(cfg)
     if cache == CacheMode.memory:
         _check_memory(decoded_mb, Path(cfg.root))
     if cache in (CacheMode.memory, CacheMode.disk):

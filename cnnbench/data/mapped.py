@@ -152,6 +152,26 @@ def open_mapped(path: Path, key: str) -> MappedFile | None:
     )
 
 
+def is_complete(path: Path, key: str) -> bool:
+    """Whether `path` is a complete cache file for `key` (header, size and footer agree)."""
+    try:
+        _read_header(path, key)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+def room_for(folder: Path, needed: int) -> tuple[bool, int]:
+    """(whether `needed` bytes fit in `folder` leaving 5% of its disk free, the free bytes):
+    dataset.cache=auto writes the cache only then, and streams otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return False, 0
+    return needed <= usage.free - usage.total // 20, usage.free
+
+
 def check_space(folder: Path, needed: int, what: str) -> int:
     """Free bytes in `folder` (created if missing); an error when `needed` bytes do not fit."""
     try:
