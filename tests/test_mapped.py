@@ -173,6 +173,19 @@ def test_a_write_killed_mid_way_is_never_read(tmp_path, pets, caplog):
     assert_same_batches(batches(memory.train), batches(disk.train))
 
 
+def test_only_temp_files_of_dead_writers_are_removed(tmp_path):
+    import fcntl
+
+    live, dead = tmp_path / ".a.u8.live.tmp", tmp_path / ".b.u8.dead.tmp"
+    other = tmp_path / ".c.pt.x.tmp"  # a checkpoint-style temp file: not ours
+    for path in (live, dead, other):
+        path.write_bytes(b"partial")
+    with open(live, "rb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)  # as DiskSink holds its temp file
+        mapped_module.remove_dead_temps(tmp_path)
+    assert live.exists() and other.exists() and not dead.exists()
+
+
 @pytest.mark.parametrize("damage", ["truncated", "no footer", "header zeroed", "other key"])
 def test_a_damaged_cache_file_is_rebuilt_not_read(tmp_path, pets, caplog, damage):
     memory = load(pets, tmp_path, SIZE)

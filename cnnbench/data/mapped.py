@@ -206,7 +206,7 @@ def write_error(err: OSError, folder: Path, what: str, written: int = 0) -> Cnnb
 def build_lock(path: Path, what: str) -> Iterator[None]:
     """Held while `path` is built: another process building it waits, then finds the file.
 
-    Holding it, no live writer of `path` exists, so temp files of killed writers are removed.
+    Temp files that killed writers left in its folder are removed first (`remove_dead_temps`).
     """
     lock_path = path.with_name(path.name + ".lock")
     try:
@@ -223,12 +223,22 @@ def build_lock(path: Path, what: str) -> Iterator[None]:
         except BlockingIOError:
             log.info(f"waiting for another process that is decoding {what} into {path}")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+        remove_dead_temps(path.parent)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def remove_dead_temps(folder: Path) -> None:
+    """Delete the temp cache files of writers that died: a live writer holds a lock on its."""
+    for temp in folder.glob(".*.u8.*.tmp"):
+        try:
+            with open(temp, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: its writer is gone
+                temp.unlink(missing_ok=True)
+        except OSError:  # locked by a live writer (BlockingIOError), or gone already
+            continue
 
 
 class DiskSink:
@@ -261,6 +271,8 @@ class DiskSink:
                 dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
             )
             self.file = os.fdopen(fd, "wb", buffering=1 << 20)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # "alive" for remove_dead_temps
             fallocate = getattr(os, "posix_fallocate", None)  # not on macOS or Windows
             try:
                 if fallocate is not None:
