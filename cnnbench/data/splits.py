@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .images import printable
+from .stats import split_stats
 
 
 @dataclass
@@ -100,15 +101,9 @@ class DataSplits:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    @property
-    def streamed(self) -> bool:
-        return isinstance(self.train, ImageFiles)
-
     def train_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the train split ([0, 1] scale), cached per dataset."""
-        from .stats import split_stats
-
-        return split_stats(self)
+        return split_stats(self.train, self.stats_key, self.cache_dir, self.name)
 
     def skipped_text(self) -> str:
         """skipped_files.txt: one `path<TAB>reason` line per file left out.
