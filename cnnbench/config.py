@@ -354,6 +354,14 @@ class TrainConfig:
     log_interval: int = 50  # steps between host syncs for the progress bar
     resume: str | None = None  # RUN_DIR or auto: continue that run from its last.pt
     progress: bool = True  # tqdm bars (hidden anyway when stderr is not a terminal)
+    # Debug runs: batches per epoch of each split, a count (>= 1) or a fraction (< 1) of its
+    # batches; None: all (recipe=debug: 1 epoch, 2 batches each).
+    limit_train_batches: float | None = None
+    limit_val_batches: float | None = None
+    limit_test_batches: float | None = None
+    # Train and validate on the same N training batches, without augmentation: the loss must
+    # reach ~0 (a model or setup that cannot is broken). None: off.
+    overfit_batches: int | None = None
 
 
 def register_configs() -> None:
@@ -397,6 +405,14 @@ def _top_level_problems(cfg: Any) -> list[str]:
         problems.append(f"num_workers must be 'auto' or a count >= 0 (got {cfg.num_workers!r})")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         problems.append(f"label_smoothing must be in [0, 1) (got {cfg.label_smoothing})")
+    for split in ("train", "val", "test"):
+        value = cfg[f"limit_{split}_batches"]
+        if value is not None and not (0 < value < 1 or (value >= 1 and value == int(value))):
+            problems.append(
+                f"limit_{split}_batches must be a count of batches (1, 2, ...) or a fraction "
+                f"in (0, 1), or null for all (got {value})"
+            )
+    problems += _at_least(cfg.overfit_batches, 1, "overfit_batches")
     return problems
 
 
