@@ -104,13 +104,14 @@ def test_no_split_column_splits_like_one_folder_and_missing_files_are_listed(
         (
             "path,label",
             ["red/000.jpg,cat", "red/001.jpg,", "red/002.jpg, "],
-            "labels.csv line 3: empty label for red/001.jpg (and 1 more bad rows)",
+            "labels.csv line 3: empty label for red/001.jpg (and 1 more bad row);",
         ),
         ("path,label", ["red/000.jpg,cat", ",dog"], "labels.csv line 3: no path"),
         (
             "path,label,split",
             ["red/000.jpg,cat,train", "blue/000.jpg,dog,training"],
-            "labels.csv line 3: unknown split value 'training' for blue/000.jpg (valid: train, val, test)",
+            "labels.csv line 3: unknown split value 'training' for blue/000.jpg "
+            "(valid: train, val, test)",
         ),
         (
             "path,label,split",
@@ -141,6 +142,9 @@ def test_broken_rows_are_one_error_naming_the_line(tmp_path, photos, header, row
 def test_missing_csv_empty_csv_and_all_files_missing_point_at_the_fix(tmp_path, photos):
     with pytest.raises(CnnbenchError, match=r"dataset.csv=.*nope.csv: no such file"):
         load(tmp_path, tmp_path / "nope.csv")
+    (tmp_path / "latin1.csv").write_bytes(b"path,label\n\xe9t\xe9.jpg,cat\n")  # Excel's cp1252
+    with pytest.raises(CnnbenchError, match="latin1.csv is not UTF-8 text .*save it as CSV UTF-8"):
+        load(tmp_path, tmp_path / "latin1.csv")
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(CnnbenchError, match="empty.csv is empty; write a header `path,label`"):
         load(tmp_path, tmp_path / "empty.csv")

@@ -26,6 +26,7 @@ machinery (folder.load_pools): one scan, the skip list, the decode cache, memory
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -92,7 +93,8 @@ def read_rows(csv_path: Path) -> list[Row]:
         raise CnnbenchError(
             f"{csv_path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as CSV UTF-8"
         ) from None
-    reader = csv.reader(text.splitlines(), delimiter=_delimiter(text.split("\n", 1)[0]))
+    delimiter = _delimiter(text.split("\n", 1)[0])
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)  # quoted newlines too
     header = next(reader, None)
     if header is None:
         raise CnnbenchError(f"{csv_path} is empty; write a header `path,label`, then the rows")
@@ -110,7 +112,8 @@ def read_rows(csv_path: Path) -> list[Row]:
         split = SPLIT_DIRS[values["split"].lower()] if has_split else "all"
         rows.append(Row(reader.line_num, values["path"], values["label"], split))
     if bad:
-        more = f" (and {len(bad) - 1} more bad rows)" if len(bad) > 1 else ""
+        n = len(bad) - 1
+        more = f" (and {n} more bad row{'s' if n > 1 else ''})" if n else ""
         raise CnnbenchError(
             f"{csv_path} {bad[0]}{more}; every row needs a path, a label and (with a split "
             "column) train, val or test"
