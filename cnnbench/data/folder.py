@@ -106,7 +106,7 @@ def _inside(path: str, folder: str) -> bool:
 
 
 @dataclass
-class _Listing:
+class Listing:
     """One listing of a dataset tree: what it took, by (st_dev, st_ino), and what it left out."""
 
     root: str  # the dataset root, resolved
@@ -248,7 +248,7 @@ def find_pools(cfg) -> tuple[dict[str, Pool], list[str], list[SkippedFile], list
         for e in sorted(os.scandir(main), key=lambda e: e.name)
         if _visible(e.name) and not e.is_dir()
     ]
-    listing = _Listing(str(root))
+    listing = Listing(str(root))
     listed = {
         split: {n: listing.class_files(folder / n, n) for n in classes if (folder / n).is_dir()}
         for split, folder in folders.items()
@@ -337,7 +337,9 @@ def _first(batch: list):
     return batch[0]
 
 
-def _size_mismatch(root: Path, first: str, first_size, other: str, other_size) -> CnnbenchError:
+def _size_mismatch(
+    root: Path | str, first: str, first_size, other: str, other_size
+) -> CnnbenchError:
     return CnnbenchError(
         f"images in {root} have different sizes ({first_size[1]}x{first_size[0]} for {first}, "
         f"{other_size[1]}x{other_size[0]} for {other}); pick one storage size with "
@@ -417,9 +419,24 @@ def _storage_size(cfg, tcfg, pools: dict[str, Pool]) -> tuple[tuple[int, int] | 
     return None, (0, 0)
 
 
-def _count_skips(skipped: list[SkippedFile]) -> str:
+def count_skips(skipped: list[SkippedFile]) -> str:
     kinds = Counter(s.reason.split(" (")[0] for s in skipped)
     return ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+
+
+@dataclass
+class PoolSet:
+    """Listed files ready for the scan, from a folder tree or a CSV: what `load_pools` takes."""
+
+    root: Path  # the dataset root: files are kept relative to it (absolute when outside it)
+    pools: dict[str, Pool]  # by split: 'all', or 'train' with optional 'val' and 'test'
+    classes: list[str]
+    skipped: list[SkippedFile]  # files found unusable before the scan (stray, missing)
+    kind: str  # 'folder' or 'csv', part of the cache keys
+    source: str  # how messages name the dataset (the folder, the CSV)
+    where: dict[str, str]  # how messages name each split's files
+    classes_are: str = "class folder(s)"  # how messages name classes
+    class_fix: str = "add images or remove the folder(s)"
 
 
 def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
@@ -432,13 +449,28 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
     if left_out:
         log.warning(
             f"left out {len(left_out)} link(s), duplicate(s) or folder(s) in {root}: "
-            f"{_count_skips(left_out)} (listed in skipped_files.txt)"
+            f"{count_skips(left_out)} (listed in skipped_files.txt)"
         )
     total = sum(len(p.files) for p in pools.values())
     if total == 0:
         raise CnnbenchError(
             f"no files in the class folders of {root}; put images in <root>/<class>/"
         )
+    where = {split: str(pool.folder) for split, pool in pools.items()}
+    found = PoolSet(root, pools, classes, skipped, "folder", str(root), where)
+    splits, skipped, key = load_pools(found, cfg, tcfg, workers, progress)
+    return splits, classes, left_out + skipped, key
+
+
+def load_pools(found: PoolSet, cfg, tcfg, workers: str | int, progress: bool = True):
+    """Scan (or read from the cache) every pool of `found`, then hold it in memory or stream it.
+
+    `cfg` gives dataset.image_size, max_memory_mb and cache_dir. Returns ({split: ImageTensors
+    or ImageFiles}, every skipped file, content key of the pools).
+    """
+    pools, classes, root = found.pools, found.classes, found.root
+    skipped = list(found.skipped)
+    total = sum(len(p.files) for p in pools.values())
     size, estimate = _storage_size(cfg, tcfg, pools)
     decoded_mb = total * 3 * estimate[0] * estimate[1] / 2**20
     in_memory = decoded_mb <= cfg.max_memory_mb
@@ -447,14 +479,18 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
     scanned: dict[str, ScannedPool] = {}
     keys = []
     for split, pool in pools.items():
-        key = content_key("folder", mode, size, classes, pool.prefix, pool.files, pool.stamps)
+        key = content_key(
+            found.kind, mode, size, classes, pool.prefix, pool.files, pool.stamps, pool.labels
+        )
         keys.append(key)
         path = where / f"{key}.pt"
         entry = load_entry(path)
         if entry is not None and _became_readable(root, entry["skipped"]):
             entry = None  # a permission fix changes no mtime: check again
         if entry is not None:
-            log.info(f"{pool.folder}: {len(entry['files'])} checked images from the cache {path}")
+            log.info(
+                f"{found.where[split]}: {len(entry['files'])} checked images from the cache {path}"
+            )
             scanned[split] = ScannedPool(
                 files=entry["files"],
                 labels=entry["labels"],
@@ -465,7 +501,7 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
             )
             continue
         what = "decoding into memory" if in_memory else "checking (streamed later)"
-        log.info(f"{pool.folder}: {len(pool.files)} files, {what} at {_size_text(size)}")
+        log.info(f"{found.where[split]}: {len(pool.files)} files, {what} at {_size_text(size)}")
         result = scan_pool(pool, size, in_memory, workers, progress)
         scanned[split] = result
         entry = dict(
@@ -473,7 +509,7 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
             labels=result.labels,
             sums=result.sums,
             size=list(result.size),
-            skipped=[[str(Path(s.path).relative_to(root)), s.reason] for s in result.skipped],
+            skipped=[[_relative(s.path, root), s.reason] for s in result.skipped],
         )
         if result.images is not None:
             entry["images"] = result.images
@@ -484,14 +520,15 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
         skipped += s.skipped
     if skipped:
         log.warning(
-            f"skipped {len(skipped)} of {candidates} files in {root}: {_count_skips(skipped)} "
+            f"skipped {len(skipped)} of {candidates} files in {found.source}: "
+            f"{count_skips(skipped)} "
             "(listed in skipped_files.txt)"
         )
-    _check_pools(scanned, classes, root)
+    _check_pools(scanned, found)
     sizes = {s.size for s in scanned.values()}
     if len(sizes) > 1:
         a, b = sorted(sizes)[:2]
-        raise _size_mismatch(root, "one split", a, "another", b)
+        raise _size_mismatch(found.source, "one split", a, "another", b)
     num_workers = resolve_workers(workers)
     splits = {}
     for split, s in scanned.items():
@@ -501,10 +538,15 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
             splits[split] = ImageFiles(str(root), s.files, s.labels, s.size, s.sums, num_workers)
     if not in_memory:
         log.info(
-            f"{root}: about {decoded_mb:,.0f} MB decoded > dataset.max_memory_mb="
+            f"{found.source}: about {decoded_mb:,.0f} MB decoded > dataset.max_memory_mb="
             f"{cfg.max_memory_mb}: streaming from disk with {num_workers} loader workers"
         )
-    return splits, classes, left_out + skipped, content_key("folder-set", keys)
+    return splits, skipped, content_key(f"{found.kind}-set", keys)
+
+
+def _relative(path: str, root: Path) -> str:
+    """`path` relative to `root` when it lies inside, else as it is (a CSV may name any file)."""
+    return os.path.relpath(path, root) if _inside(path, str(root)) else path
 
 
 def _became_readable(root: Path, skipped: list[list[str]]) -> bool:
@@ -518,18 +560,17 @@ def _size_text(size: tuple[int, int] | None) -> str:
     return "the images' own size" if size is None else f"{size[1]}x{size[0]}"
 
 
-def _check_pools(scanned: dict[str, ScannedPool], classes: list[str], root: Path) -> None:
+def _check_pools(scanned: dict[str, ScannedPool], found: PoolSet) -> None:
     for split, s in scanned.items():
-        name = "the folder" if split == "all" else f"{split}/"
         if len(s.files) == 0:
             raise CnnbenchError(
-                f"{name} of {root} has no usable images ({len(s.skipped)} skipped, see above)"
+                f"{found.where[split]}: no usable images ({len(s.skipped)} skipped, see above)"
             )
         if split in ("all", "train"):
-            counts = torch.bincount(s.labels, minlength=len(classes))
-            empty = [classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
+            counts = torch.bincount(s.labels, minlength=len(found.classes))
+            empty = [found.classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
             if empty:
                 raise CnnbenchError(
-                    f"class folder(s) {', '.join(empty)} in {root if split == 'all' else root / 'train'} "
-                    "have no usable images; add images or remove the folder(s)"
+                    f"{found.classes_are} {', '.join(empty)} in {found.where[split]} have no "
+                    f"usable images; {found.class_fix}"
                 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -100,6 +100,12 @@ class DataSplits:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def overfit(self, n: int, seed: int) -> DataSplits:
+        """overfit_batches: the same `n` training images (a seeded pick) as train and val."""
+        pick = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
+        few = self.train.subset(pick[:n].sort().values)
+        return replace(self, train=few, val=few)
 
     def train_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the train split ([0, 1] scale), cached per dataset."""
