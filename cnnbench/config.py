@@ -101,6 +101,11 @@ class DatasetConfig:
     image_size: int | None = None
     # Decoded folders and statistics; None: $CNNBENCH_CACHE, else $XDG_CACHE_HOME/cnnbench.
     cache_dir: str | None = None
+    # k-fold cross-validation (sets without their own validation split): validation is fold
+    # `fold` (0..folds-1) of the non-test data, stratified by class and seeded by split_seed;
+    # training is the other folds; the test split stays fixed. None: val_split.
+    folds: int | None = None
+    fold: int | None = None
 
 
 @dataclass
@@ -141,16 +146,31 @@ class TorchvisionDataset(DatasetConfig):
 
 
 @dataclass
-class FolderDataset(OwnSplitsDataset):
+class FilesDataset(OwnSplitsDataset):
+    """Image files of your own, checked by one scan (folder, csv)."""
+
+    max_memory_mb: int = 2048  # decode into memory up to this size (dataset.cache=auto)
+    # Where the decoded pixels live while training: auto (memory up to max_memory_mb, else a
+    # memory-mapped file in cache_dir), memory, disk, off (larger sets: re-decoded each epoch).
+    cache: CacheMode = CacheMode.auto
+
+
+@dataclass
+class FolderDataset(FilesDataset):
     """Your images: root/<class>/<image>, or root/train|val|test/<class>/<image>."""
 
     name: str = "folder"
     root: str = "data"
     max_per_class: int | None = None  # use at most this many files per class (seeded pick)
-    max_memory_mb: int = 2048  # decode into memory up to this size (dataset.cache=auto)
-    # Where the decoded pixels live while training: auto (memory up to max_memory_mb, else a
-    # memory-mapped file in cache_dir), memory, disk, off (larger folders: re-decoded each epoch).
-    cache: CacheMode = CacheMode.auto
+
+
+@dataclass
+class CsvDataset(FilesDataset):
+    """Your images listed in a CSV: columns path,label and an optional split (train/val/test)."""
+
+    name: str = "csv"
+    csv: str = "labels.csv"
+    root: str | None = None  # the folder the paths are relative to; None: the CSV's folder
 
 
 @dataclass
@@ -182,6 +202,7 @@ DATASETS: dict[str, DatasetConfig] = {
     "mnist": MnistDataset(),
     "fashion_mnist": FashionMnistDataset(),
     "folder": FolderDataset(),
+    "csv": CsvDataset(),
 }
 
 
@@ -343,6 +364,14 @@ class TrainConfig:
     log_interval: int = 50  # steps between host syncs for the progress bar
     resume: str | None = None  # RUN_DIR or auto: continue that run from its last.pt
     progress: bool = True  # tqdm bars (hidden anyway when stderr is not a terminal)
+    # Debug runs: batches per epoch of each split, a count (>= 1) or a fraction (< 1) of its
+    # batches; None: all (recipe=debug: 1 epoch, 2 batches each).
+    limit_train_batches: float | None = None
+    limit_val_batches: float | None = None
+    limit_test_batches: float | None = None
+    # Train and validate on the same N training batches, without augmentation: the loss must
+    # reach ~0 (a model or setup that cannot is broken). None: off.
+    overfit_batches: int | None = None
 
 
 def register_configs() -> None:
@@ -386,6 +415,14 @@ def _top_level_problems(cfg: Any) -> list[str]:
         problems.append(f"num_workers must be 'auto' or a count >= 0 (got {cfg.num_workers!r})")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         problems.append(f"label_smoothing must be in [0, 1) (got {cfg.label_smoothing})")
+    for split in ("train", "val", "test"):
+        value = cfg[f"limit_{split}_batches"]
+        if value is not None and not (0 < value < 1 or (value >= 1 and value == int(value))):
+            problems.append(
+                f"limit_{split}_batches must be a count of batches (1, 2, ...) or a fraction "
+                f"in (0, 1), or null for all (got {value})"
+            )
+    problems += _at_least(cfg.overfit_batches, 1, "overfit_batches")
     return problems
 
 
@@ -419,9 +456,25 @@ def _dataset_problems(ds: Any) -> list[str]:
         if value is not None and value < 1:
             problems.append(f"dataset.{key} must be >= 1 or null (got {value})")
     problems += _at_least(ds.get("max_memory_mb"), 0, "dataset.max_memory_mb")
+    problems += _folds_problems(ds.folds, ds.fold)
     if ds.name == "fake" and ds.image_size is None:
         problems.append("dataset=fake generates images of dataset.image_size: set it (e.g. 32)")
     return problems
+
+
+def _folds_problems(folds: int | None, fold: int | None) -> list[str]:
+    if folds is None and fold is None:
+        return []
+    if folds is None or fold is None:
+        return [
+            "k-fold needs both dataset.folds=K and dataset.fold=i (0..K-1), e.g. "
+            "`cnnbench train -m dataset.folds=5 'dataset.fold=range(5)'`"
+        ]
+    if folds < 2:
+        return [f"dataset.folds must be >= 2 (got {folds})"]
+    if not 0 <= fold < folds:
+        return [f"dataset.fold must be in 0..{folds - 1} for dataset.folds={folds} (got {fold})"]
+    return []
 
 
 def _splits_problems(values: list[float]) -> list[str]:

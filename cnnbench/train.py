@@ -78,6 +78,13 @@ def build_data(cfg: Any, ddp: Distributed | None = None, progress: bool = True) 
     channels, height, width = splits.input_size
     train_tf, eval_tf = build_transforms(cfg.transforms, splits.train_stats, channels)
     input_size = (channels, *train_tf.output_size(height, width))
+    if cfg.overfit_batches:  # a debug run: the same few batches, unaugmented, as train and val
+        n = cfg.overfit_batches * cfg.batch_size * ddp.world_size
+        splits, train_tf = splits.overfit(n, cfg.seed), eval_tf
+        log.info(
+            f"overfit_batches={cfg.overfit_batches}: training and validating on the same "
+            f"{len(splits.train)} training images, without augmentation; the loss should reach ~0"
+        )
     return Data(splits, train_tf, eval_tf, input_size, cfg.model.num_classes or splits.num_classes)
 
 
@@ -96,9 +103,15 @@ def build_model(
 
 
 def eval_loader(
-    cfg: Any, split: Any, transform: BatchTransform, device: torch.device, ddp: Distributed
+    cfg: Any,
+    split: Any,
+    transform: BatchTransform,
+    device: torch.device,
+    ddp: Distributed,
+    limit: float | None = None,
 ) -> TensorLoader:
-    """Batches of `split` for evaluation, in order (each DDP rank takes its part)."""
+    """Batches of `split` for evaluation, in order (each DDP rank takes its part); `limit`:
+    at most that many batches (a count), or that fraction of them."""
     return TensorLoader(
         split,
         eval_batch_size(cfg),
@@ -108,6 +121,7 @@ def eval_loader(
         channels_last=cfg.device.channels_last,
         rank=ddp.rank,
         world_size=ddp.world_size,
+        limit=limit,
     )
 
 
@@ -119,7 +133,8 @@ class Loaders:
 
 
 def build_loaders(cfg: Any, data: Data, device: torch.device, ddp: Distributed) -> Loaders:
-    """Train batches shuffled and augmented per (seed, epoch); val and test in order."""
+    """Train batches shuffled and augmented per (seed, epoch); val and test in order;
+    limit_*_batches cut each epoch short (debug runs)."""
     train = TensorLoader(
         data.splits.train,
         cfg.batch_size,
@@ -130,9 +145,17 @@ def build_loaders(cfg: Any, data: Data, device: torch.device, ddp: Distributed) 
         channels_last=cfg.device.channels_last,
         rank=ddp.rank,
         world_size=ddp.world_size,
+        limit=cfg.limit_train_batches,
     )
-    val = eval_loader(cfg, data.splits.val, data.eval_tf, device, ddp)
-    return Loaders(train, val, eval_loader(cfg, data.splits.test, data.eval_tf, device, ddp))
+    splits, tf = data.splits, data.eval_tf
+    val = eval_loader(cfg, splits.val, tf, device, ddp, limit=cfg.limit_val_batches)
+    test = eval_loader(cfg, splits.test, tf, device, ddp, limit=cfg.limit_test_batches)
+    if any(cfg[f"limit_{s}_batches"] is not None for s in ("train", "val", "test")):
+        log.warning(
+            f"debug run: {len(train)} train, {len(val)} val and {len(test)} test batches per "
+            "epoch (limit_*_batches); its metrics are not those of the whole splits"
+        )
+    return Loaders(train, val, test)
 
 
 def choose_precision(

@@ -39,6 +39,8 @@ class TensorLoader:
     The order of epoch e depends only on (seed, e), the augmentation of its batch i only on
     (seed, e, rank, i), so a run resumed anywhere sees the same batches as an uninterrupted
     one, in memory or streamed alike; `set_epoch(e, start_step=k)` starts at batch k + 1.
+    `limit` (limit_*_batches) ends every epoch after that many batches (a count >= 1) or
+    that fraction of them (< 1): the first ones of the epoch's order.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class TensorLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        limit: float | None = None,
     ) -> None:
         # Batches gathered or decoded on the host; None: index ops on self.images.
         self.stream = _host_source(data, batch_size, device)
@@ -71,6 +74,7 @@ class TensorLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.rank, self.world_size = rank, world_size
+        self.limit = limit
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Iterate epoch `epoch` from batch `start_step` on (a resumed epoch skips the
@@ -89,7 +93,17 @@ class TensorLoader:
         """Samples per epoch: a shuffled (training) epoch drops a trailing batch of one
         sample, which BatchNorm cannot normalize; evaluation always sees every sample."""
         n = self._shard_size()
-        return n - 1 if self.shuffle and n > 1 and n % self.batch_size == 1 else n
+        n = n - 1 if self.shuffle and n > 1 and n % self.batch_size == 1 else n
+        return n if self.limit is None else min(n, self._limited_batches(n) * self.batch_size)
+
+    def _limited_batches(self, n: int) -> int:
+        """Batches of an epoch of `n` samples under `limit` (all when None)."""
+        full = (n + self.batch_size - 1) // self.batch_size
+        if self.limit is None:
+            return full
+        if self.limit >= 1:
+            return min(full, int(self.limit))
+        return min(full, max(1, int(full * self.limit)))
 
     def __len__(self) -> int:
         return (self._epoch_size() + self.batch_size - 1) // self.batch_size
@@ -106,7 +120,9 @@ class TensorLoader:
         """
         n = len(self.labels)
         if not self.shuffle:
-            return None if self.world_size == 1 else torch.arange(self.rank, n, self.world_size)
+            if self.world_size == 1:
+                return None
+            return torch.arange(self.rank, n, self.world_size)[: self._epoch_size()]
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(n, generator=gen)
         if self.world_size > 1:
@@ -127,11 +143,12 @@ class TensorLoader:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's uint8 batches in `order`, without its first `skip` samples."""
         if order is None and self.stream is None:  # in order, in memory: slices, no copies
-            for start in range(skip, len(self.labels), self.batch_size):
-                end = start + self.batch_size
+            size = self._epoch_size()
+            for start in range(skip, size, self.batch_size):
+                end = min(start + self.batch_size, size)
                 yield self.images[start:end], self.labels[start:end]
             return
-        order = (torch.arange(len(self.labels)) if order is None else order)[skip:]
+        order = (torch.arange(self._epoch_size()) if order is None else order)[skip:]
         if self.stream is not None:
             yield from self.stream.batches(order)
             return

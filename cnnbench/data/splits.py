@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from .images import printable
+from .stats import split_stats
 
 
 @dataclass
@@ -175,15 +176,15 @@ class DataSplits:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    @property
-    def streamed(self) -> bool:
-        return isinstance(self.train, ImageFiles)
+    def overfit(self, n: int, seed: int) -> DataSplits:
+        """overfit_batches: the same `n` training images (a seeded pick) as train and val."""
+        pick = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
+        few = self.train.subset(pick[:n].sort().values)
+        return replace(self, train=few, val=few)
 
     def train_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the train split ([0, 1] scale), cached per dataset."""
-        from .stats import split_stats
-
-        return split_stats(self)
+        return split_stats(self.train, self.stats_key, self.cache_dir, self.name)
 
     def skipped_text(self) -> str:
         """skipped_files.txt: one `path<TAB>reason` line per file left out.
