@@ -11,7 +11,7 @@ from conftest import read_json
 from test_data import write_images
 
 from cnnbench.config import compose_checked
-from cnnbench.data import ImageFiles, ImageTensors, load_dataset
+from cnnbench.data import ImageFiles, ImageTensors, MappedImages, load_dataset
 from cnnbench.errors import CnnbenchError
 from cnnbench.runs import compose_saved
 
@@ -190,8 +190,16 @@ def test_relabelled_rows_are_not_served_from_the_cache_and_streaming_works(tmp_p
     assert label["blue/000.jpg"] == 0 and label["blue/001.jpg"] == 1
     assert len(list((tmp_path / "cache" / "folders").glob("*.pt"))) == 2
     streamed = load(
-        tmp_path, csv, "dataset.image_size=8", "dataset.splits=[20,2,2]", "dataset.max_memory_mb=0"
-    )
+        tmp_path, csv, "dataset.image_size=8", "dataset.splits=[20,2,2]", "dataset.cache=off",
+        "dataset.max_memory_mb=0",
+    )  # fmt: skip
     assert isinstance(streamed.train, ImageFiles) and streamed.train.root == str(photos)
     assert streamed.train.files == second.train.files
     assert torch.equal(streamed.train.labels, second.train.labels)
+    # Above max_memory_mb, dataset.cache=auto maps the decoded images from the disk cache.
+    mapped = load(
+        tmp_path, csv, "dataset.image_size=8", "dataset.splits=[20,2,2]", "dataset.max_memory_mb=0"
+    )
+    assert isinstance(mapped.train, MappedImages) and mapped.train.files == second.train.files
+    assert torch.equal(mapped.train.images[list(range(len(mapped.train)))], second.train.images)
+    assert torch.equal(mapped.train.labels, second.train.labels)
