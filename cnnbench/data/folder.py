@@ -390,7 +390,7 @@ def scan_pool(
     sums = torch.zeros(n, 2, 3, dtype=torch.float64)
     sink = sink or MemorySink()
     skipped: list[SkippedFile] = []
-    stored, first = 0, None
+    first = None
     bar = tqdm(total=n, desc=f"[Scan] {pool.folder.name}", disable=None if progress else True)
     for start, chunk, chunk_sums, reasons in loader:
         for k, reason in enumerate(reasons):
@@ -407,7 +407,6 @@ def scan_pool(
                 raise _size_mismatch(pool.folder, first[0], first[1], pool.files[i], shape)
             if keep:
                 sink.put(chunk[k])
-            stored += 1
             ok[i] = True
             sums[i] = chunk_sums[k]
         bar.update(len(reasons))
