@@ -15,6 +15,7 @@ import time
 
 from ..config import check_values, compose_checked
 from ..data import DataSplits, load_dataset
+from ..train import dataset_config
 from ..errors import user_errors
 from .args import add_overrides, command_parser, parse_command
 
@@ -36,8 +37,8 @@ def load_for_command(args: list[str]) -> tuple[object, DataSplits]:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = compose_checked(args)
     check_values(cfg)
-    data = load_dataset(
-        cfg.dataset, cfg.transforms, num_workers=cfg.num_workers, progress=cfg.progress
+    data = load_dataset(  # stored at the size training would store it (dataset_config)
+        dataset_config(cfg), cfg.transforms, num_workers=cfg.num_workers, progress=cfg.progress
     )
     return cfg, data
 
