@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cnnbench.commands.models",
         "list the model zoo: name, parameters, input size, source",
     ),
+    "plan": (
+        "cnnbench.commands.plan",
+        "estimate a run's time and memory: cnnbench plan [overrides...]",
+    ),
     "summary": (
         "cnnbench.commands.summary",
         "a model's torchsummary table: cnnbench summary model=NAME",

@@ -30,7 +30,7 @@ EXAMPLES = (
 COLUMNS = ("name", "params", "input", "classes", "source")
 TIMM_NOTE = (
     "model=timm model.arch=NAME: any of timm's architectures (pip install 'cnnbench[timm]'; "
-    "python -c \"import timm; print(timm.list_models())\")\n"
+    'python -c "import timm; print(timm.list_models())")\n'
 )
 
 

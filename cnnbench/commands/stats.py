@@ -15,8 +15,8 @@ import time
 
 from ..config import check_values, compose_checked
 from ..data import DataSplits, load_dataset
-from ..train import dataset_config
 from ..errors import user_errors
+from ..train import dataset_config
 from .args import add_overrides, command_parser, parse_command
 
 log = logging.getLogger("cnnbench")

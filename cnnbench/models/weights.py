@@ -78,7 +78,7 @@ def torchvision_weights_hint(name: str) -> str:
     file = url.rsplit("/", 1)[-1]
     return (
         f"for {name!r} that is torchvision's ImageNet file {file} (from {url}; a machine that "
-        f"ran torchvision.models.{tv}(weights='DEFAULT') has it in "
+        f"ran torchvision.models.{tv}(weights='{info.weights or 'DEFAULT'}') has it in "
         "~/.cache/torch/hub/checkpoints/), or a cnnbench checkpoint (a run's best.pt)"
     )
 
