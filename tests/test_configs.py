@@ -23,7 +23,6 @@ from cnnbench.config import (
 )
 from cnnbench.errors import CnnbenchError
 from cnnbench.models import model_names
-
 from cnnbench.models.catalog import ENTRIES
 
 
