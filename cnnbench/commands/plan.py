@@ -92,23 +92,31 @@ class Take:
 
 
 class Batches:
-    """The training loader's batches, epoch after epoch (for as many steps as timing needs)."""
+    """The training loader's batches, epoch after epoch, handed out `n` at a time (lazily:
+    a chunk holds one batch at a time, as the training loop does)."""
 
     def __init__(self, loader: Any) -> None:
         self.loader, self.epoch = loader, 0
         self.it: Iterator[Any] = iter(())
 
-    def take(self, n: int) -> list[Any]:
-        out: list[Any] = []
-        while len(out) < n:
+    def next(self) -> Any:
+        batch = next(self.it, None)
+        while batch is None:
+            self.epoch += 1
+            self.loader.set_epoch(self.epoch)
+            self.it = iter(self.loader)
             batch = next(self.it, None)
-            if batch is None:
-                self.epoch += 1
-                self.loader.set_epoch(self.epoch)
-                self.it = iter(self.loader)
-                continue
-            out.append(batch)
-        return out
+        return batch
+
+    def take(self, n: int) -> Take:
+        return Take(self, n)
+
+    def __len__(self) -> int:
+        return 2**62  # endless
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            yield self.next()
 
 
 def _sync(device: Any) -> None:
@@ -120,40 +128,41 @@ def _sync(device: Any) -> None:
 
 def time_training(net: Any, loader: Any, step: Any, device: Any, steps: int) -> tuple:
     """(seconds per image, images timed, steps timed, warm-up seconds in excess) of the real
-    TrainStep in engine.train_one_epoch, on the run's own batches (augmented as in training)."""
+    TrainStep in engine.train_one_epoch, on the run's own batches (augmented as in training).
+
+    After the warm-up, steps are timed in growing chunks (each ends with the meter's host
+    sync) until MIN_SECONDS have passed, or `steps` steps, whichever comes first (>= 3)."""
     from ..engine import train_one_epoch
 
     batches = Batches(loader)
-    warm = batches.take(WARMUP_STEPS)
     _sync(device)
-    warm_result = train_one_epoch(net, warm, step)
-    images = seconds = timed = 0
-    while timed < steps and (seconds < MIN_SECONDS or timed < 3):
-        chunk = batches.take(min(steps - timed, max(1, len(loader))))
-        result = train_one_epoch(net, chunk, step)  # ends with a host sync (the meter)
-        images, seconds, timed = (
-            images + result.images,
-            seconds + result.seconds,
-            timed + len(chunk),
-        )
+    warm = train_one_epoch(net, batches.take(WARMUP_STEPS), step)
+    images = timed = 0
+    seconds = 0.0
+    chunk = 1
+    while timed < max(3, steps) and (seconds < MIN_SECONDS or timed < 3):
+        result = train_one_epoch(net, batches.take(chunk), step)  # ends with a host sync
+        images, seconds, timed = images + result.images, seconds + result.seconds, timed + chunk
+        per_step = seconds / timed
+        chunk = int(min(max(1, (MIN_SECONDS - seconds) / per_step), max(3, steps) - timed))
+        chunk = max(chunk, 1)
     per_image = seconds / images
-    extra = max(0.0, warm_result.seconds - per_image * warm_result.images)
+    extra = max(0.0, warm.seconds - per_image * warm.images)
     return per_image, images, timed, extra
 
 
-def time_evaluation(net: Any, loader: Any, autocast: Any, device: Any) -> float:
-    """Seconds per image of engine.evaluate on the validation batches (one warm-up batch)."""
+def time_evaluation(net: Any, loader: Any, autocast: Any) -> float:
+    """Seconds per image of engine.evaluate on the first validation batches: one warm-up
+    batch, then 1, 2, 4, ... batches until a pass takes MIN_SECONDS / 2 (or is the split)."""
     from ..engine import evaluate
 
     evaluate(net, Take(loader, 1), autocast=autocast, progress=False)
-    images = seconds = 0.0
-    start = time.perf_counter()
-    while seconds < MIN_SECONDS / 2 or images == 0:
-        result = evaluate(net, Take(loader, max(1, len(loader))), autocast=autocast, progress=False)
-        images, seconds = images + result.images, seconds + result.seconds
-        if time.perf_counter() - start > MIN_SECONDS and images:
-            break
-    return seconds / images
+    n = 1
+    while True:
+        result = evaluate(net, Take(loader, n), autocast=autocast, progress=False)
+        if result.seconds >= MIN_SECONDS / 2 or n >= len(loader):
+            return result.seconds / result.images
+        n *= 2
 
 
 class _NullSink:
@@ -339,7 +348,7 @@ def measure(cfg: Any, overrides: list[str], steps: int, want_max_batch: bool) ->
     setup = time.perf_counter() - start
     flops = train_flops_per_image(model, data.input_size)
     per_image, _, timed, extra = time_training(net, loaders.train, step, device, steps)
-    eval_per_image = time_evaluation(eval_net, loaders.val, step.autocast, device)
+    eval_per_image = time_evaluation(eval_net, loaders.val, step.autocast)
     loaders.train.set_epoch(1)
     batch = next(iter(loaders.train))
     memory, parts, how = training_memory(net, model, step, batch, device)
@@ -401,6 +410,8 @@ def duration(seconds: float) -> str:
 
 
 def _mb(n: float) -> str:
+    if n < 2**20:
+        return f"{n / 2**10:,.0f} KiB"
     return f"{n / 2**20:,.0f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
 
 
@@ -415,7 +426,8 @@ def format_estimate(e: Estimate) -> str:
         f"{e.steps_per_epoch} steps per epoch",
         f"  model      {e.model}: {e.params:,} parameters, "
         f"{e.train_flops_per_image / 1e9:,.3f} GFLOP per image per training step (fwd+bwd)",
-        f"  device     {e.device}, {e.threads} threads, precision {e.precision}{auto}",
+        f"  device     {e.device}, {e.threads} thread{'s' * (e.threads != 1)}, precision "
+        f"{e.precision}{auto}",
         f"  speed      {e.train_images_per_sec:,.0f} images/s training (timed over "
         f"{e.timed_steps} steps after {WARMUP_STEPS} warm-up), {e.eval_images_per_sec:,.0f} "
         f"images/s evaluation; {e.train_flops_per_image * e.train_images_per_sec / 1e9:,.1f} "
@@ -470,8 +482,8 @@ def run_cli(args: list[str]) -> None:
     add_overrides(parser, "overrides as `cnnbench train` takes them (model=NAME, dataset=...)")
     parser.add_argument("-m", "--multirun", action="store_true", help="one plan per sweep job")
     parser.add_argument(
-        "--steps", type=positive_int, default=20, metavar="N",
-        help="time at most N training steps (default 20; at least 2 s worth)",
+        "--steps", type=positive_int, default=50, metavar="N",
+        help="time at most N training steps after the warm-up (default 50; stops after 2 s)",
     )  # fmt: skip
     parser.add_argument(
         "--max-batch", action="store_true", help="also find the largest batch size that fits"
