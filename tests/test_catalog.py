@@ -225,6 +225,9 @@ def test_models_all_lists_every_catalog_model(cli):
     assert "torchvision (IMAGENET1K_V2, ImageNet top-1 80.9%)" in out  # resnet50's weights
     assert "model=timm model.arch=NAME" in out
     assert len(cli("models").stdout.splitlines()) == 1 + len(zoo_entries())
+    help_text = cli("train", "--help").stdout
+    assert "model=timm model.arch=NAME" in help_text and "cnnbench plan" in help_text
+    assert "resnet50, resnet101" not in help_text and "resnet18, resnet34, resnet50" in help_text
 
 
 def test_composing_a_config_and_listing_models_import_no_torch():
