@@ -1,11 +1,13 @@
 """Structured config schemas, registered with Hydra's ConfigStore: every key and default, once.
 
-Each option of the dataset, optimizer, scheduler, device and logger groups is its own
+Each option of the model, dataset, optimizer, scheduler, device and logger groups is its own
 dataclass, registered in the ConfigStore as that group's option (`dataset=folder` is
 `FolderDataset`): a key the chosen option does not use (`scheduler=step
 scheduler.pct_start=0.5`) stops the run before any work with one message naming that
-option's keys. Model and transforms options are presets: YAML files under ``configs/`` that
-only pick values of one schema (`ModelConfig`, `TransformsConfig`); so do the recipes.
+option's keys. The model options come from the model catalog (`models/catalog.py`: every
+zoo and torchvision model by name, read without importing torch), plus `model=timm`.
+Transforms options are presets: YAML files under ``configs/`` that only pick values of one
+schema (`TransformsConfig`); so do the recipes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from .errors import CnnbenchError
+from .models.catalog import TIMM, TIMM_PREFIX, catalog_names
 
 
 class DeviceName(Enum):
@@ -58,7 +61,7 @@ class Anneal(Enum):
     linear = "linear"
 
 
-# ---- model and transforms: one schema each, options are YAML presets of values
+# ---- models: every catalog name is an option of ModelConfig; timm adds `arch`
 
 
 @dataclass
@@ -67,7 +70,24 @@ class ModelConfig:
     num_classes: int | None = None  # None: from the dataset
     in_channels: int | None = None  # None: from the dataset
     weights: str | None = None  # local state_dict to load (no downloads at run time)
-    freeze_features: bool = False
+    freeze_features: bool = False  # train only the classifier head
+
+
+@dataclass
+class TimmModelConfig(ModelConfig):
+    """Any timm architecture (pip install 'cnnbench[timm]'); the run's model is timm/<arch>."""
+
+    name: str = TIMM_PREFIX + "${.arch}"
+    arch: str = MISSING  # a timm.list_models() name, e.g. resnet50, convnext_nano
+
+
+MODELS: dict[str, ModelConfig] = {
+    **{name: ModelConfig(name=name) for name in catalog_names()},
+    TIMM: TimmModelConfig(),
+}
+
+
+# ---- transforms: one schema, options are YAML presets of values
 
 
 @dataclass
@@ -324,6 +344,7 @@ LOGGERS: dict[str, LoggerConfig] = {
 
 # Groups whose options are schemas registered here (the others are YAML presets in configs/).
 REGISTERED_GROUPS: dict[str, dict[str, Any]] = {
+    "model": MODELS,
     "dataset": DATASETS,
     "optimizer": OPTIMIZERS,
     "scheduler": SCHEDULERS,
@@ -346,7 +367,7 @@ def group_options(group: str) -> list[str]:
 
 @dataclass
 class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     scheduler: SchedulerConfig = MISSING
@@ -395,6 +416,7 @@ def check_values(cfg: Any) -> None:
     """Reject values that have the right type but make no sense, before any work is done."""
     problems = [f"unknown key(s) {', '.join(extra)}" for extra in [unknown_keys(cfg)] if extra]
     problems += _top_level_problems(cfg)
+    problems += _model_problems(cfg.model)
     problems += _dataset_problems(cfg.dataset) + _transforms_problems(cfg.transforms)
     problems += _optimizer_problems(cfg.optimizer)
     if cfg.device.threads is not None and cfg.device.threads < 1:
@@ -441,6 +463,21 @@ def _optimizer_problems(opt: Any) -> list[str]:
         if opt.nesterov and opt.momentum <= 0:
             problems.append("optimizer.nesterov=true needs optimizer.momentum > 0")
     return problems
+
+
+def _model_problems(model: Any) -> list[str]:
+    """model=timm: an architecture is named and timm is installed (checked without importing)."""
+    if "arch" not in model.keys():  # noqa: SIM118 (keys() lists MISSING values too)
+        return []
+    from importlib.util import find_spec
+
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(model, "arch"):
+        return ["model=timm needs model.arch=NAME (a timm architecture, e.g. resnet50)"]
+    if find_spec("timm") is None:
+        return ["model=timm needs timm, which is not installed: pip install 'cnnbench[timm]'"]
+    return []
 
 
 def _dataset_problems(ds: Any) -> list[str]:
@@ -548,7 +585,7 @@ def group_schemas(group: str) -> list[Any]:
     """The schemas a group's options are checked against (one for preset groups)."""
     if group in REGISTERED_GROUPS:
         return list(REGISTERED_GROUPS[group].values())
-    return {"model": [ModelConfig], "transforms": [TransformsConfig]}.get(group, [])
+    return {"transforms": [TransformsConfig]}.get(group, [])
 
 
 def is_config_key(key: str) -> bool:
@@ -574,12 +611,29 @@ def _typed_value(full_key: str, overrides: list[str]) -> str:
     return typed[-1] if typed else "..."
 
 
+def _chosen_option(group: str, overrides: list[str]) -> str:
+    """The option of `group` picked on the command line, else train.yaml's default."""
+    typed = _typed_value(group, overrides)
+    if typed != "...":
+        return typed
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    primary = OmegaConf.load(str(files("cnnbench.configs") / "train.yaml"))
+    defaults = OmegaConf.to_container(primary)["defaults"]
+    picked = [d[group] for d in defaults if isinstance(d, dict) and group in d]
+    return str(picked[0]) if picked else "..."
+
+
 def _unknown_key_error(full_key: str, schema: Any, overrides: list[str]) -> CnnbenchError:
     parent, _, key = full_key.rpartition(".")
     valid = ", ".join(option_keys(schema)) if schema is not None else ""
     if parent in REGISTERED_GROUPS and schema is not None:
         chosen = getattr(schema, "name", None)
         chosen = chosen.value if isinstance(chosen, Enum) else chosen
+        if chosen == MISSING:  # model options share one schema: the option picked
+            chosen = _chosen_option(parent, overrides)
         others = options_with_key(parent, key)
         if not others:
             return CnnbenchError(

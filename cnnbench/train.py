@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import distributed, interrupt
@@ -37,7 +37,13 @@ from .engine import EpochResult, Meter, Progress, StopPoll, TrainStep, evaluate,
 from .errors import CnnbenchError
 from .loggers import NullLogger, open_logger
 from .metrics import write_json, write_metrics_csv
-from .models import apply_weights, check_input_size, count_params, create_model
+from .models import (
+    apply_weights,
+    check_input_size,
+    count_params,
+    create_model,
+    native_input_size,
+)
 from .models.summary import summary_table
 from .optim import build_optimizer, build_scheduler, is_per_step, retarget_scheduler
 from .plots import CurvesWriter
@@ -67,13 +73,38 @@ class Data:
     num_classes: int  # the model's head: model.num_classes, else the data's classes
 
 
+# Datasets whose images come in their own sizes (stored at one size: dataset_config decides).
+OWN_SIZE_DATASETS = ("folder", "csv")
+
+
+def dataset_config(cfg: Any) -> Any:
+    """cfg.dataset with the size images are stored at decided, for every command alike.
+
+    dataset.image_size, else transforms.resize, else, for datasets of images in their own
+    sizes (folder, csv), the model's native size (timm's resolve_data_config does the same):
+    `model=alexnet dataset=folder` stores 224x224 images, `model=lenet5` 32x32. Logged.
+    """
+    ds = cfg.dataset
+    if ds.name not in OWN_SIZE_DATASETS or ds.get("image_size") or cfg.transforms.resize:
+        return ds
+    _, height, width = native_input_size(cfg.model.name)
+    if height != width:  # the loaders store squares only: keep the images' own size
+        return ds
+    log.info(
+        f"dataset.image_size and transforms.resize are not set: storing the images at "
+        f"{cfg.model.name}'s native size, {height}x{width} (set either to choose another)"
+    )
+    return OmegaConf.merge(ds, {"image_size": height})
+
+
 def build_data(cfg: Any, ddp: Distributed | None = None, progress: bool = True) -> Data:
-    """Load and split the dataset (uint8, in memory or streamed) and build its pipelines,
-    normalized with the train split's statistics; eval never augments."""
+    """Load and split the dataset (uint8, in memory or streamed; stored at the size
+    `dataset_config` decides) and build its pipelines, normalized with the train split's
+    statistics; eval never augments."""
     ddp = ddp or Distributed()
     with ddp.main_first():  # rank 0 fills the decode cache, the others read it
         splits = load_dataset(
-            cfg.dataset, cfg.transforms, num_workers=cfg.num_workers, progress=progress
+            dataset_config(cfg), cfg.transforms, num_workers=cfg.num_workers, progress=progress
         )
     channels, height, width = splits.input_size
     train_tf, eval_tf = build_transforms(cfg.transforms, splits.train_stats, channels)

@@ -551,6 +551,7 @@ def test_stats_command_on_known_images(cli, tmp_path):
         "dataset=folder",
         f"dataset.root={tmp_path / 'known'}",
         f"dataset.cache_dir={tmp_path / 'cache'}",
+        "dataset.image_size=8",  # their own size (else lenet5's native 32x32)
     )
     assert "dataset folder: 15 training images (3x8x8), 2 classes" in proc.stdout
     assert "mean: 0.5000 0.2000 0.2500" in proc.stdout
