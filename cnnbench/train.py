@@ -76,9 +76,10 @@ def build_data(cfg: Any, ddp: Distributed | None = None, progress: bool = True) 
             cfg.dataset, cfg.transforms, num_workers=cfg.num_workers, progress=progress
         )
     channels, height, width = splits.input_size
-    train_tf, eval_tf = build_transforms(cfg.transforms, splits.train_stats, channels)
+    classes = cfg.model.num_classes or splits.num_classes
+    train_tf, eval_tf = build_transforms(cfg.transforms, splits.train_stats, channels, classes)
     input_size = (channels, *train_tf.output_size(height, width))
-    return Data(splits, train_tf, eval_tf, input_size, cfg.model.num_classes or splits.num_classes)
+    return Data(splits, train_tf, eval_tf, input_size, classes)
 
 
 def build_model(
