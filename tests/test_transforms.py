@@ -630,3 +630,35 @@ def test_training_with_every_augmentation_on_runs_and_counts_train_accuracy(cli,
     for row in rows:
         assert math.isfinite(float(row["train_loss"])) and 0 <= float(row["train_acc"]) <= 1
     assert 0 <= read_json(tmp_path / "run" / "results.json")["test_top1"] <= 1
+
+
+def test_show_titles_mixed_samples_with_both_classes():
+    from cnnbench.commands.show import label_titles
+
+    classes = ["cat", "dog", "fox"]
+    soft = torch.tensor([[0.62, 0.38, 0.0], [0.0, 0.0, 1.0]])
+    assert label_titles(soft, classes) == ["cat 62% dog 38%", "fox 100%"]
+    assert label_titles(torch.tensor([2, 0]), classes) == ["fox", "cat"]
+
+
+@pytest.mark.parametrize(
+    "policy,rows", [("trivial", 14), ("rand", 14), ("cifar10", 13), ("svhn", 10)]
+)
+def test_show_ops_draws_one_image_through_each_op_of_the_policy(
+    tmp_path, monkeypatch, policy, rows
+):
+    from PIL import Image
+
+    from cnnbench.commands import show
+
+    monkeypatch.setenv("CNNBENCH_CACHE", str(tmp_path / "cache"))
+    args = ["dataset=fake", "dataset.size=40", "progress=false", "--out", str(tmp_path / "o.png")]
+    show.run_cli([f"transforms.auto_augment={policy}", "--ops", *args])
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.size == (7 * 200, rows * 220)  # 7 columns: the original, then magnitudes
+    with pytest.raises(SystemExit) as err:
+        show.run_cli(["--ops", *args])  # auto_augment=none: nothing to draw
+    assert err.value.code == 1
+    assert "error: --ops draws the ops of transforms.auto_augment, which is none" in (
+        capsys.readouterr().err
+    )

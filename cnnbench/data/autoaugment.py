@@ -277,15 +277,18 @@ def _contrast(x, m):
 
 
 def _sharpness(x, m):
-    """adjust_sharpness: blend with a 3x3 smoothed copy, borders kept."""
-    c, h, w = x.shape[-3:]
+    """adjust_sharpness: blend with a smoothed copy, borders kept. v2 smooths with the kernel
+    [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 and rounds; here the 3x3 sum plus 4x the centre
+    (an exact integer S) over 13: S / 13 is never within 1/26 of a half, so both round alike.
+    """
+    h, w = x.shape[-2:]
     if h <= 2 or w <= 2:
         return x
-    a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], device=x.device)
     out = x.to(torch.float32, copy=True)
-    blurred = F.conv2d(out, kernel.expand(c, 1, 3, 3), groups=c).round_()
+    rows = out[..., :-2, :] + out[..., 1:-1, :] + out[..., 2:, :]
     inner = out[..., 1:-1, 1:-1]
+    blurred = (rows[..., :-2] + rows[..., 1:-1]).add_(rows[..., 2:]).add_(inner, alpha=4.0)
+    blurred = blurred.div_(13.0).round_()
     inner.addcmul_(blurred.sub_(inner), _per_image(1.0 - (1.0 + m), x))  # v2's alpha
     return out.clamp_(0, 255).to(torch.uint8)
 
@@ -297,7 +300,9 @@ def _posterize(x, m):
 
 
 def _solarize(x, m):
-    return torch.where(x >= _per_image(255.0 * m, x), x.bitwise_not(), x)
+    """v2 inverts pixels >= 255 * m (compared as float32): for integers, >= its ceiling."""
+    threshold = torch.ceil((255.0 * m).float()).clamp_(0, 256)
+    return torch.where(x >= _per_image(threshold, x, torch.int16), x.bitwise_not(), x)
 
 
 KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
