@@ -645,7 +645,7 @@ def test_show_titles_mixed_samples_with_both_classes():
     "policy,rows", [("trivial", 14), ("rand", 14), ("cifar10", 13), ("svhn", 10)]
 )
 def test_show_ops_draws_one_image_through_each_op_of_the_policy(
-    tmp_path, monkeypatch, policy, rows
+    tmp_path, monkeypatch, capsys, policy, rows
 ):
     from PIL import Image
 
