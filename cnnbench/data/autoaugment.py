@@ -167,18 +167,27 @@ def apply_rounds(x: torch.Tensor, rounds: list[Round]) -> torch.Tensor:
 def apply_ops(x: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
     """uint8 batch x with image i transformed by OPS[ops[i]] at magnitudes[i] (CPU tensors).
 
-    The grouping happens on the CPU (no device sync); x itself is never modified.
+    Each op runs once on the images that drew it (the geometric ops share one warp), then
+    one gather puts the images back in order. The grouping happens on the CPU (no device
+    sync); x itself is never modified.
     """
-    out = None
-    for op in ops.unique().tolist():
-        if op == IDENTITY:
+    if bool((ops == IDENTITY).all()):
+        return x
+    geometric = torch.isin(ops, torch.tensor([OPS.index(name) for name in GEOMETRIC]))
+    groups = [(ops == IDENTITY, None), (geometric, _geometric)] + [
+        (ops == op, KERNELS[OPS[op]]) for op in ops[~geometric].unique().tolist() if op != IDENTITY
+    ]
+    parts, order = [], []
+    for chosen, kernel in groups:
+        rows = chosen.nonzero().flatten()
+        if len(rows) == 0:
             continue
-        rows = (ops == op).nonzero().flatten()
-        index = rows.to(x.device, non_blocking=True)
-        part = KERNELS[OPS[op]](x.index_select(0, index), magnitudes[rows])
-        out = x.clone() if out is None else out
-        out.index_copy_(0, index, part)
-    return x if out is None else out
+        part = x.index_select(0, rows.to(x.device, non_blocking=True))
+        parts.append(part if kernel is None else kernel(part, ops[rows], magnitudes[rows]))
+        order.append(rows)
+    where = torch.empty(len(ops), dtype=torch.long)
+    where[torch.cat(order)] = torch.arange(len(ops))  # image i is row where[i] of the parts
+    return torch.cat(parts).index_select(0, where.to(x.device, non_blocking=True))
 
 
 def _per_image(values: torch.Tensor, like: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
@@ -219,32 +228,25 @@ def _warp(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     return out.round_().to(torch.uint8)
 
 
-def _affine(x, m, *, angle=None, translate=(None, None), shear=(None, None), corner=False):
-    zero = torch.zeros_like(m)
+GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+
+def _geometric(x: torch.Tensor, ops: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Each image's affine op, as v2's AutoAugment calls them: ShearX/Y as F.affine(shear=
+    degrees(atan(m)), center=[0, 0]), TranslateX/Y as F.affine(translate=int(m)), Rotate as
+    F.rotate(m) (an affine of -(m % 360) about the centre)."""
     h, w = x.shape[-2:]
-    center = (zero - w * 0.5, zero - h * 0.5) if corner else (zero, zero)
-    pick = [zero if v is None else v for v in (angle, *translate, *shear)]
-    return _warp(x, _inverse_affine(center, pick[0], pick[1:3], pick[3:5]))
+    zero = torch.zeros_like(m)
 
+    def where(name: str, value: torch.Tensor) -> torch.Tensor:
+        return torch.where(ops == OPS.index(name), value, zero)
 
-def _shear_x(x, m):  # F.affine(shear=[degrees(atan(m)), 0], center=[0, 0])
-    return _affine(x, m, shear=(torch.rad2deg(torch.atan(m)), None), corner=True)
-
-
-def _shear_y(x, m):
-    return _affine(x, m, shear=(None, torch.rad2deg(torch.atan(m))), corner=True)
-
-
-def _translate_x(x, m):  # F.affine(translate=[int(m), 0])
-    return _affine(x, m, translate=(m.trunc(), None))
-
-
-def _translate_y(x, m):
-    return _affine(x, m, translate=(None, m.trunc()))
-
-
-def _rotate(x, m):  # F.rotate(angle=m): affine with -(m % 360)
-    return _affine(x, m, angle=-(m % 360))
+    shear = torch.rad2deg(torch.atan(m))
+    corner = (ops == OPS.index("ShearX")) | (ops == OPS.index("ShearY"))
+    center = (torch.where(corner, -w * 0.5, zero), torch.where(corner, -h * 0.5, zero))
+    translate = (where("TranslateX", m.trunc()), where("TranslateY", m.trunc()))
+    shears = (where("ShearX", shear), where("ShearY", shear))
+    return _warp(x, _inverse_affine(center, where("Rotate", -(m % 360)), translate, shears))
 
 
 # Color ops: v2's kernels with a factor (1 + m) per image.
@@ -300,24 +302,22 @@ def _posterize(x, m):
 
 
 def _solarize(x, m):
-    """v2 inverts pixels >= 255 * m (compared as float32): for integers, >= its ceiling."""
+    """v2 inverts pixels >= 255 * m (compared as float32): for integers, >= its ceiling;
+    x ^ 255 is the inverted pixel."""
     threshold = torch.ceil((255.0 * m).float()).clamp_(0, 256)
-    return torch.where(x >= _per_image(threshold, x, torch.int16), x.bitwise_not(), x)
+    flip = (x >= _per_image(threshold, x, torch.int16)).to(torch.uint8).mul_(255)
+    return x.bitwise_xor(flip)
 
 
-KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "ShearX": _shear_x,
-    "ShearY": _shear_y,
-    "TranslateX": _translate_x,
-    "TranslateY": _translate_y,
-    "Rotate": _rotate,
-    "Brightness": _brightness,
-    "Color": _color,
-    "Contrast": _contrast,
-    "Sharpness": _sharpness,
-    "Posterize": _posterize,
-    "Solarize": _solarize,
-    "AutoContrast": lambda x, m: TF.autocontrast(x),  # batched in torchvision already
-    "Equalize": lambda x, m: TF.equalize(x),
-    "Invert": lambda x, m: TF.invert(x),
+# Per-op kernels, (images, op ids, magnitudes) -> images; the geometric ops: _geometric.
+KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "Brightness": lambda x, ops, m: _brightness(x, m),
+    "Color": lambda x, ops, m: _color(x, m),
+    "Contrast": lambda x, ops, m: _contrast(x, m),
+    "Sharpness": lambda x, ops, m: _sharpness(x, m),
+    "Posterize": lambda x, ops, m: _posterize(x, m),
+    "Solarize": lambda x, ops, m: _solarize(x, m),
+    "AutoContrast": lambda x, ops, m: TF.autocontrast(x),  # batched in torchvision already
+    "Equalize": lambda x, ops, m: TF.equalize(x),
+    "Invert": lambda x, ops, m: TF.invert(x),
 }
