@@ -167,16 +167,16 @@ def apply_rounds(x: torch.Tensor, rounds: list[Round]) -> torch.Tensor:
 def apply_ops(x: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
     """uint8 batch x with image i transformed by OPS[ops[i]] at magnitudes[i] (CPU tensors).
 
-    Each op runs once on the images that drew it (the geometric ops share one warp), then
-    one gather puts the images back in order. The grouping happens on the CPU (no device
-    sync); x itself is never modified.
+    Each op runs once on the images that drew it (the geometric ops share one warp, the
+    blends one pass), then one gather puts the images back in order. The grouping happens on
+    the CPU (no device sync); x itself is never modified.
     """
     if bool((ops == IDENTITY).all()):
         return x
-    geometric = torch.isin(ops, torch.tensor([OPS.index(name) for name in GEOMETRIC]))
-    groups = [(ops == IDENTITY, None), (geometric, _geometric)] + [
-        (ops == op, KERNELS[OPS[op]]) for op in ops[~geometric].unique().tolist() if op != IDENTITY
-    ]
+    shared = [(torch.isin(ops, _ids(names)), kernel) for names, kernel in SHARED]
+    alone = ~torch.stack([chosen for chosen, _ in shared]).any(0) & (ops != IDENTITY)
+    groups = [(ops == IDENTITY, None), *shared]
+    groups += [(ops == op, KERNELS[OPS[op]]) for op in ops[alone].unique().tolist()]
     parts, order = [], []
     for chosen, kernel in groups:
         rows = chosen.nonzero().flatten()
@@ -188,6 +188,10 @@ def apply_ops(x: torch.Tensor, ops: torch.Tensor, magnitudes: torch.Tensor) -> t
     where = torch.empty(len(ops), dtype=torch.long)
     where[torch.cat(order)] = torch.arange(len(ops))  # image i is row where[i] of the parts
     return torch.cat(parts).index_select(0, where.to(x.device, non_blocking=True))
+
+
+def _ids(names: tuple[str, ...]) -> torch.Tensor:
+    return torch.tensor([OPS.index(name) for name in names])
 
 
 def _per_image(values: torch.Tensor, like: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
@@ -260,22 +264,18 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1).floor_()
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """v2's _blend per image: x * f + other * (1 - f), clamped, truncated to uint8."""
-    ratio, rest = _per_image(factor, x), _per_image(1.0 - factor, x)
+def _blends(x: torch.Tensor, ops: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Brightness, Color and Contrast, as v2's kernels: x * f + d * (1 - f) per image with
+    f = 1 + m, d = 0 (brightness: x * f exactly), the floored grayscale (saturation; none on
+    one channel: f = 1), or its mean (contrast); clamped, truncated to uint8."""
+    color, contrast = ops == OPS.index("Color"), ops == OPS.index("Contrast")
+    factor = torch.where(color & (x.shape[1] == 1), 1.0, 1.0 + m)
+    gray = _gray(x)
+    mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
+    color_, contrast_ = _per_image(color, x, torch.bool), _per_image(contrast, x, torch.bool)
+    other = torch.where(color_, gray, torch.where(contrast_, mean, 0.0))
+    ratio, rest = _per_image(factor, x), _per_image(1.0 - factor, x)  # (1 - f) in float64
     return torch.addcmul(x.mul(ratio), other, rest).clamp_(0, 255).to(torch.uint8)
-
-
-def _brightness(x, m):
-    return x.mul(_per_image(1.0 + m, x)).clamp_(0, 255).to(torch.uint8)
-
-
-def _color(x, m):  # adjust_saturation
-    return x if x.shape[1] == 1 else _blend(x, _gray(x), 1.0 + m)
-
-
-def _contrast(x, m):
-    return _blend(x, _gray(x).mean(dim=(-3, -2, -1), keepdim=True), 1.0 + m)
 
 
 def _sharpness(x, m):
@@ -309,11 +309,8 @@ def _solarize(x, m):
     return x.bitwise_xor(flip)
 
 
-# Per-op kernels, (images, op ids, magnitudes) -> images; the geometric ops: _geometric.
+# Per-op kernels, (images, op ids, magnitudes) -> images; ops that share one kernel.
 KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "Brightness": lambda x, ops, m: _brightness(x, m),
-    "Color": lambda x, ops, m: _color(x, m),
-    "Contrast": lambda x, ops, m: _contrast(x, m),
     "Sharpness": lambda x, ops, m: _sharpness(x, m),
     "Posterize": lambda x, ops, m: _posterize(x, m),
     "Solarize": lambda x, ops, m: _solarize(x, m),
@@ -321,3 +318,7 @@ KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Te
     "Equalize": lambda x, ops, m: TF.equalize(x),
     "Invert": lambda x, ops, m: TF.invert(x),
 }
+SHARED = (
+    (GEOMETRIC, _geometric),
+    (("Brightness", "Color", "Contrast"), _blends),
+)
