@@ -133,12 +133,15 @@ def auto_augment_draws(n: int, height: int, width: int, gen, policy: str) -> lis
     return rounds
 
 
-def policy_draws(policy: str, n: int, height: int, width: int, gen, **rand) -> list[Round]:
-    """The rounds of ops of `policy` (one of POLICIES) for n images of height x width."""
+def policy_draws(
+    policy: str, n: int, height: int, width: int, gen, num_ops: int = 2, magnitude: int = 9
+) -> list[Round]:
+    """The rounds of ops of `policy` (one of POLICIES) for n images of height x width;
+    `num_ops` and `magnitude` are RandAugment's."""
     if policy == "trivial":
         return trivial_augment_draws(n, height, width, gen)
     if policy == "rand":
-        return rand_augment_draws(n, height, width, gen, **rand)
+        return rand_augment_draws(n, height, width, gen, num_ops, magnitude)
     return auto_augment_draws(n, height, width, gen, policy)
 
 

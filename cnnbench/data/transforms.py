@@ -237,8 +237,7 @@ class AutoAugment(BatchOp):
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         n, _, h, w = x.shape
-        rand = dict(num_ops=self.num_ops, magnitude=self.magnitude)
-        rounds = policy_draws(self.policy, n, h, w, gen, **(rand if self.policy == "rand" else {}))
+        rounds = policy_draws(self.policy, n, h, w, gen, self.num_ops, self.magnitude)
         return apply_rounds(x, rounds)
 
 
