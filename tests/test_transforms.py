@@ -641,9 +641,7 @@ def test_show_titles_mixed_samples_with_both_classes():
     assert label_titles(torch.tensor([2, 0]), classes) == ["fox", "cat"]
 
 
-@pytest.mark.parametrize(
-    "policy,rows", [("trivial", 14), ("rand", 14), ("cifar10", 13), ("svhn", 10)]
-)
+@pytest.mark.parametrize("policy,rows", [("trivial", 14), ("svhn", 10)])  # svhn: 10 ops used
 def test_show_ops_draws_one_image_through_each_op_of_the_policy(
     tmp_path, monkeypatch, capsys, policy, rows
 ):
