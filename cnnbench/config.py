@@ -56,6 +56,15 @@ class CacheMode(Enum):
     off = "off"  # no decoded cache for folders over max_memory_mb: decoded every epoch
 
 
+class AutoAugmentPolicy(Enum):
+    none = "none"
+    trivial = "trivial"  # TrivialAugmentWide
+    rand = "rand"  # RandAugment (transforms.rand_ops, transforms.rand_magnitude)
+    cifar10 = "cifar10"  # AutoAugment's learned policies
+    imagenet = "imagenet"
+    svhn = "svhn"
+
+
 class Anneal(Enum):
     cos = "cos"
     linear = "linear"
@@ -101,6 +110,15 @@ class TransformsConfig:
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: bool = False  # train: random horizontal flip
+    # train, per image, after the crops and flips (uint8, torchvision's ops and bins):
+    auto_augment: AutoAugmentPolicy = AutoAugmentPolicy.none
+    rand_ops: int = 2  # auto_augment=rand: ops per image (RandAugment's num_ops)
+    rand_magnitude: int = 9  # auto_augment=rand: magnitude bin, 0..30
+    color_jitter: float = 0.0  # brightness/contrast/saturation factors in [1 - s, 1 + s]
+    erasing: float = 0.0  # RandomErasing's probability (scale 0.02-0.33, ratio 0.3-3.3)
+    # train, per batch: MixUp's / CutMix's Beta(alpha, alpha); 0 is off, both: one per batch
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
     normalize: Normalize = Normalize.auto
     mean: list[float] | None = None  # explicit statistics win over `normalize`
     std: list[float] | None = None
@@ -543,6 +561,21 @@ def _transforms_problems(tf: Any) -> list[str]:
         )
     if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
         problems.append(f"transforms.ratio must be [low, high] with 0 < low <= high (got {ratio})")
+    return problems + _augmentation_problems(tf)
+
+
+def _augmentation_problems(tf: Any) -> list[str]:
+    problems = _at_least(tf.rand_ops, 0, "transforms.rand_ops")
+    if not 0 <= tf.rand_magnitude <= 30:
+        problems.append(
+            f"transforms.rand_magnitude must be a bin in 0..30 (got {tf.rand_magnitude})"
+        )
+    if not 0.0 <= tf.erasing <= 1.0:
+        problems.append(f"transforms.erasing is a probability in [0, 1] (got {tf.erasing})")
+    for key in ("color_jitter", "mixup_alpha", "cutmix_alpha"):
+        value = getattr(tf, key)
+        if not (math.isfinite(value) and value >= 0):
+            problems.append(f"transforms.{key} must be >= 0, 0 is off (got {value})")
     return problems
 
 

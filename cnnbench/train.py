@@ -107,7 +107,8 @@ def build_data(cfg: Any, ddp: Distributed | None = None, progress: bool = True) 
             dataset_config(cfg), cfg.transforms, num_workers=cfg.num_workers, progress=progress
         )
     channels, height, width = splits.input_size
-    train_tf, eval_tf = build_transforms(cfg.transforms, splits.train_stats, channels)
+    classes = cfg.model.num_classes or splits.num_classes
+    train_tf, eval_tf = build_transforms(cfg.transforms, splits.train_stats, channels, classes)
     input_size = (channels, *train_tf.output_size(height, width))
     if cfg.overfit_batches:  # a debug run: the same few batches, unaugmented, as train and val
         n = cfg.overfit_batches * cfg.batch_size * ddp.world_size
@@ -116,7 +117,7 @@ def build_data(cfg: Any, ddp: Distributed | None = None, progress: bool = True) 
             f"overfit_batches={cfg.overfit_batches}: training and validating on the same "
             f"{len(splits.train)} training images, without augmentation; the loss should reach ~0"
         )
-    return Data(splits, train_tf, eval_tf, input_size, cfg.model.num_classes or splits.num_classes)
+    return Data(splits, train_tf, eval_tf, input_size, classes)
 
 
 def build_model(

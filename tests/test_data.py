@@ -490,7 +490,14 @@ def test_decoded_folder_is_cached_by_content(tmp_path, pets, monkeypatch, caplog
     assert len(list((tmp_path / "cache" / "folders").glob("*.pt"))) == 2
 
 
-def test_streamed_folder_gives_the_same_batches_as_in_memory(tmp_path, pets):
+@pytest.mark.parametrize(
+    "transforms",
+    [
+        ["transforms=cifar"],
+        ["transforms=cifar_strong", "transforms.color_jitter=0.4", "transforms.cutmix_alpha=1"],
+    ],
+)
+def test_streamed_folder_gives_the_same_batches_as_in_memory(tmp_path, pets, transforms):
     add_odd_modes(pets / "dog")
     add_broken_files(pets / "cat")
     memory = load(pets, tmp_path, "dataset.image_size=16")
@@ -502,8 +509,8 @@ def test_streamed_folder_gives_the_same_batches_as_in_memory(tmp_path, pets):
     for a, b in zip(stream.train_stats(), memory.train_stats(), strict=True):
         assert a == pytest.approx(b, abs=1e-12)
     assert [s.path for s in stream.skipped] == [s.path for s in memory.skipped]
-    tcfg = compose_checked(["transforms=cifar"]).transforms
-    train_tf, _ = build_transforms(tcfg, memory.train_stats, 3)
+    tcfg = compose_checked(transforms).transforms
+    train_tf, _ = build_transforms(tcfg, memory.train_stats, 3, len(memory.classes))
     cpu = torch.device("cpu")
     loaders = [
         TensorLoader(d.train, 8, train_tf, cpu, shuffle=True, seed=5) for d in (memory, stream)

@@ -34,7 +34,8 @@ log = logging.getLogger("cnnbench")
 
 
 class TensorLoader:
-    """Yields (normalized float images, labels) batches on `device`.
+    """Yields (normalized float images, labels) batches on `device`; the labels are
+    N x classes soft targets instead when the transform mixes (MixUp/CutMix).
 
     The order of epoch e depends only on (seed, e), the augmentation of its batch i only on
     (seed, e, rank, i), so a run resumed anywhere sees the same batches as an uninterrupted
@@ -161,13 +162,14 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         first = self.start_step
         batches = self._uint8_batches(self._order(), first * self.batch_size)
+        mix = self.transform.mix  # MixUp/CutMix: labels become soft targets (None: off)
         for step, (x, y) in enumerate(batches, first + 1):
             gen = self._augmentation_rng(step) if self.transform.train else None
             x = self.transform(x.to(self.device, non_blocking=True), gen)
-            yield (
-                x.contiguous(memory_format=self.memory_format),
-                y.to(self.device, non_blocking=True),
-            )
+            y = y.to(self.device, non_blocking=True)
+            if mix is not None:
+                x, y = mix(x, y, gen)
+            yield x.contiguous(memory_format=self.memory_format), y
 
 
 def fits_on_device(nbytes: int, device: torch.device) -> bool:
