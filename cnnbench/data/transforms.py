@@ -43,12 +43,20 @@ def resolve_stats(tcfg, train_stats: Stats | Callable[[], Stats], channels: int)
         mean, std = train_stats() if callable(train_stats) else train_stats
     if len(mean) == 1 and channels > 1:
         mean, std = mean * channels, std * channels
-    if len(mean) != channels or len(std) != channels:
-        from ..errors import CnnbenchError
+    from ..errors import CnnbenchError
 
+    if len(mean) != channels or len(std) != channels:
         raise CnnbenchError(
             f"normalization has {len(mean)} mean / {len(std)} std values for {channels}-channel "
             "images; set transforms.mean and transforms.std with one value per channel"
+        )
+    flat = [i for i, v in enumerate(std) if not v > 0]
+    if flat:  # dividing by 0 would make every loss nan
+        i = flat[0]
+        raise CnnbenchError(
+            f"channel {i} of the training images has std {std[i]:g} (every pixel is "
+            f"{round(mean[i] * 255)}): normalizing divides by it; set transforms.std (and "
+            "transforms.mean) with a value > 0 per channel, or transforms.normalize=none"
         )
     return mean, std
 
