@@ -221,15 +221,18 @@ def run_sweep_job(train_fn: Callable[[Any, Path], dict], cfg: Any, out_dir: Path
 
 
 @contextmanager
-def report_stopped_sweep(sweep: Sweep | None) -> Iterator[None]:
-    """A sweep stopped by Ctrl-C/SIGTERM (exit 130/143): say which jobs finished, which was
-    stopped and how to resume it, then exit as the signal says."""
+def sweep_running(sweep: Sweep | None) -> Iterator[None]:
+    """Around a sweep's jobs: when Ctrl-C/SIGTERM stops it (exit 130/143), say which jobs
+    finished, which was stopped and how to resume it; at the end unlock its directory."""
     try:
         yield
     except SystemExit as stop:
         if sweep is not None and stop.code in (130, 143) and sweep.sweep_dir.is_dir():
             print(stopped_sweep_text(sweep, int(stop.code)), file=sys.stderr, flush=True)
         raise
+    finally:
+        if sweep is not None and sweep.lock is not None:
+            sweep.lock.release()
 
 
 def stopped_sweep_text(sweep: Sweep, code: int) -> str:

@@ -32,8 +32,8 @@ from ..sweep import (
     check_sweep,
     fix_sweep_dir,
     is_multirun,
-    report_stopped_sweep,
     report_sweep,
+    sweep_running,
 )
 from .args import add_overrides, command_parser, parse_command, run_dir_arg
 
@@ -96,7 +96,7 @@ def run_cli(args: list[str]) -> None:
 
     sys.argv = ["cnnbench rerun", *argv]
     try:
-        with report_stopped_sweep(sweep):
+        with sweep_running(sweep):
             train.main()
     finally:
         shutil.rmtree(argv[1], ignore_errors=True)  # the generated primary config

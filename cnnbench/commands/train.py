@@ -43,9 +43,9 @@ from ..sweep import (
     check_sweep,
     fix_sweep_dir,
     is_multirun,
-    report_stopped_sweep,
     report_sweep,
     run_sweep_job,
+    sweep_running,
 )
 from ..train import train
 from .args import check_train_args
@@ -163,7 +163,7 @@ def run_cli(args: list[str]) -> None:
         launch = distributed_args(hydra_args(args))
     sys.argv = ["cnnbench train", *launch.args]
     try:
-        with saved_config_guard(launch.saved), report_stopped_sweep(launch.sweep):
+        with saved_config_guard(launch.saved), sweep_running(launch.sweep):
             main()
     finally:
         distributed.shutdown()
