@@ -232,6 +232,7 @@ RESUME_MAY_CHANGE = (
     "progress",
     "log_interval",
     "device",
+    "dataset.cache",
     "dataset.cache_dir",
     "dataset.max_memory_mb",
     "dataset.download",
