@@ -7,6 +7,7 @@ import math
 import os
 import pickle
 import random
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,44 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class _KeepWriteError:
+    """A file that remembers the OSError a write raised (a full disk): torch.save reports
+    such a failure only as a RuntimeError ('unexpected pos ...')."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+
+def _is_torch_write_error(err: BaseException) -> bool:
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(
+        s in text for s in ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+    )
+
+
+def _write_failure(path: Path) -> str:
+    """Why torch.save failed when the file object did not say: the disk's free space."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return "the write failed"
+    if free < 64 << 20:
+        return f"No space left on device ({free >> 20} MB free)"
+    return f"the write failed ({free >> 20} MB free on that disk)"
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through `write(file)` so readers see the old file or the new one, never a torn one.
 
@@ -60,18 +99,22 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     except OSError as err:
         raise CnnbenchError(f"cannot write {path}: {err.strerror or err}") from err
+    f = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as raw:
+            f = _KeepWriteError(raw)
+            write(f)  # type: ignore[arg-type]
+            raw.flush()
+            os.fsync(raw.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
+        cause = f.error if f is not None and f.error is not None else err
+        if isinstance(cause, OSError) or _is_torch_write_error(err):
             kept = f"; the previous {path.name} is kept" if path.exists() else ""
-            raise CnnbenchError(f"could not write {path}: {err.strerror or err}{kept}") from err
+            reason = cause.strerror if isinstance(cause, OSError) else _write_failure(path)
+            raise CnnbenchError(f"could not write {path}: {reason or cause}{kept}") from err
         raise
     _fsync_dir(path.parent)
     for stale in path.parent.glob(f"{glob.escape(_temp_prefix(path))}*.tmp"):
@@ -87,20 +130,88 @@ def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint or state_dict without running code from the file (weights_only)."""
+def load_checkpoint(
+    path: Path | str, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint or state_dict without running code from the file (weights_only).
+
+    `mmap` maps the tensors instead of reading them (cheap when only the counters are read).
+    An empty file, a file that is no checkpoint at all (text, an image), a damaged one and a
+    pickle that would run code are each one message naming the file.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise CnnbenchError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
+    kind = _file_kind(path)
+    if kind == "empty":
+        raise CnnbenchError(f"{path} is empty (0 bytes): a copy or a save of it was cut short")
+    if kind == "other":
         raise CnnbenchError(
-            f"refused to load {path}: it is not a plain tensor checkpoint and could run code "
-            f"when unpickled ({str(err).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CnnbenchError(f"could not read checkpoint {path}: {err}") from None
+            f"{path} is not a PyTorch checkpoint (neither a torch.save file nor a pickle: it "
+            "starts with other bytes); use a .pt/.pth file written by torch.save"
+        )
+    try:
+        return torch.load(
+            path, map_location=map_location, weights_only=True, mmap=mmap and kind == "zip"
+        )
+    except MemoryError:
+        raise
+    except Exception as err:  # torch raises anything from KeyError to OSError on bad bytes
+        raise _load_failure(path, kind, err) from None
+
+
+def _load_failure(path: Path, kind: str, err: Exception) -> CnnbenchError:
+    """Why torch.load(weights_only=True) refused `path`: code in a pickle, or damage."""
+    named = re.search(r"GLOBAL ([\w.]+)", str(err))
+    calls = [named.group(1)] if named else None
+    if kind == "pickle" and not calls:
+        with open(path, "rb") as f:
+            calls = _pickle_globals(f.read(1 << 20))
+    if isinstance(err, pickle.UnpicklingError) and calls:
+        return CnnbenchError(
+            f"refused to load {path}: it is a pickle that calls {calls[0]} when loaded "
+            "(code, not plain tensors); load only checkpoints you trust, saved with torch.save"
+        )
+    what = "the file is damaged or truncated"
+    if kind == "pickle" and calls is not None:  # a readable pickle of plain values
+        what = "it is a pickle but not a torch.save checkpoint (or a damaged one)"
+    return CnnbenchError(f"could not read checkpoint {path}: {what} ({_first_line(err)})")
+
+
+def _pickle_globals(data: bytes) -> list[str] | None:
+    """The functions and classes a pickle would import (read, never run); None if unreadable."""
+    import pickletools
+
+    names, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:
+        return None
+    return names
+
+
+def _file_kind(path: Path) -> str:
+    """'zip' (torch.save's format), 'pickle' (the legacy format), 'empty' or 'other'."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "empty"
+    if head.startswith(b"PK"):
+        return "zip"
+    return "pickle" if head[0] == 0x80 else "other"
+
+
+def _first_line(err: BaseException) -> str:
+    """'RuntimeError: its first sentence', at most 160 characters."""
+    text = (str(err).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")[:160]
+    name = err.__class__.__name__
+    return f"{name}: {text}" if text else name
 
 
 def _load_error_gist(err: BaseException) -> str:

@@ -92,8 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     # Before torch loads libgomp: its default busy-wait makes torch's CPU threads stall each
     # other whenever other processes share the cores (README, Performance). Users may override.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    module = importlib.import_module(COMMANDS[command][0])
-    module.run_cli(rest)
+    from .interrupt import graceful_stop  # Ctrl-C from here on: one line, exit 130, no traceback
+
+    with graceful_stop():
+        importlib.import_module(COMMANDS[command][0]).run_cli(rest)
 
 
 if __name__ == "__main__":

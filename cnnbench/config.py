@@ -436,7 +436,8 @@ def check_values(cfg: Any) -> None:
     problems += _top_level_problems(cfg)
     problems += _model_problems(cfg.model)
     problems += _dataset_problems(cfg.dataset) + _transforms_problems(cfg.transforms)
-    problems += _optimizer_problems(cfg.optimizer)
+    problems += _optimizer_problems(cfg.optimizer) + _scheduler_problems(cfg.scheduler)
+    problems += _model_problems(cfg.model) + _memory_problems(cfg)
     if cfg.device.threads is not None and cfg.device.threads < 1:
         problems.append(f"device.threads must be >= 1 (got {cfg.device.threads})")
     if problems:
@@ -463,6 +464,34 @@ def _top_level_problems(cfg: Any) -> list[str]:
                 f"in (0, 1), or null for all (got {value})"
             )
     problems += _at_least(cfg.overfit_batches, 1, "overfit_batches")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        problems.append(f"seed must be in [0, {MAX_SEED}] (numpy's seed range; got {cfg.seed})")
+    return problems
+
+
+MAX_SEED = 2**32 - 1
+
+
+def _model_problems(model: Any) -> list[str]:
+    problems = _at_least(model.in_channels, 1, "model.in_channels")
+    if model.num_classes is not None and model.num_classes < 2:
+        problems.append(
+            f"model.num_classes must be >= 2 or null (got {model.num_classes}): a classifier "
+            "needs at least two classes"
+        )
+    return problems
+
+
+def _scheduler_problems(sched: Any) -> list[str]:
+    problems = _at_least(sched.get("step_size"), 1, "scheduler.step_size")
+    problems += _at_least(sched.get("min_lr"), 0, "scheduler.min_lr")
+    for key in ("gamma", "div_factor", "final_div_factor"):
+        value = sched.get(key)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            problems.append(f"scheduler.{key} must be a finite number > 0 (got {value})")
+    pct = sched.get("pct_start")
+    if pct is not None and not 0.0 < pct < 1.0:
+        problems.append(f"scheduler.pct_start must be in (0, 1) (got {pct})")
     return problems
 
 
@@ -480,6 +509,10 @@ def _optimizer_problems(opt: Any) -> list[str]:
         problems += _at_least(opt.momentum, 0, "optimizer.momentum")
         if opt.nesterov and opt.momentum <= 0:
             problems.append("optimizer.nesterov=true needs optimizer.momentum > 0")
+    if "betas" in opt:
+        betas = list(opt.betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            problems.append(f"optimizer.betas must be two values in [0, 1) (got {betas})")
     return problems
 
 
@@ -514,6 +547,13 @@ def _dataset_problems(ds: Any) -> list[str]:
     problems += _folds_problems(ds.folds, ds.fold)
     if ds.name == "fake" and ds.image_size is None:
         problems.append("dataset=fake generates images of dataset.image_size: set it (e.g. 32)")
+    problems += _at_least(ds.get("size"), 1, "dataset.size")
+    problems += _at_least(ds.get("channels"), 1, "dataset.channels")
+    if ds.get("num_classes") is not None and ds.num_classes < 2:
+        problems.append(
+            f"dataset.num_classes must be >= 2 (got {ds.num_classes}): a classifier needs at "
+            "least two classes"
+        )
     return problems
 
 
@@ -561,6 +601,11 @@ def _transforms_problems(tf: Any) -> list[str]:
         )
     if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
         problems.append(f"transforms.ratio must be [low, high] with 0 < low <= high (got {ratio})")
+    if tf.std is not None and not all(math.isfinite(v) and v > 0 for v in tf.std):
+        problems.append(
+            f"transforms.std must be > 0 for every channel (got {list(tf.std)}): normalizing "
+            "divides by it"
+        )
     return problems + _augmentation_problems(tf)
 
 
@@ -577,6 +622,43 @@ def _augmentation_problems(tf: Any) -> list[str]:
         if not (math.isfinite(value) and value >= 0):
             problems.append(f"transforms.{key} must be >= 0, 0 is off (got {value})")
     return problems
+
+
+def _memory_problems(cfg: Any) -> list[str]:
+    """An image size beyond this machine's memory, refused before anything is allocated.
+
+    The least a run needs: one float32 training batch at the largest of dataset.image_size,
+    transforms.resize and transforms.crop, and a fake set's images (uint8) in memory.
+    """
+    ds, tf = cfg.dataset, cfg.transforms
+    sizes = {"dataset.image_size": ds.get("image_size"), "transforms.resize": tf.resize}
+    sizes["transforms.crop"] = tf.crop
+    key, side = max(((k, v) for k, v in sizes.items() if v), key=lambda kv: kv[1], default=(0, 0))
+    total = _physical_memory()
+    if not side or total is None:
+        return []
+    channels = ds.get("channels") or 1
+    need = cfg.batch_size * channels * side * side * 4
+    what = f"a batch of {cfg.batch_size} {channels}x{side}x{side} images as float32"
+    if ds.get("size") is not None and ds.size * channels * ds.image_size**2 > need:
+        need, side = ds.size * channels * ds.image_size**2, ds.image_size
+        key, what = "dataset.image_size", f"{ds.size} images of {channels}x{side}x{side} pixels"
+    if need <= total:
+        return []
+    return [
+        f"{key}={side} needs at least {need / 2**30:,.1f} GiB ({what}), more than this "
+        f"machine's {total / 2**30:,.1f} GiB of memory; use a smaller {key}"
+    ]
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM (None where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 # ---- keys: which exist, for the chosen options
@@ -705,10 +787,33 @@ def composition_error(err: Exception, overrides: list[str] = ()) -> CnnbenchErro
         first = str(cause).splitlines()[0]
         return CnnbenchError(f"bad value for {cause.full_key!r}: {first}")
     if isinstance(err, OverrideParseException):
-        return CnnbenchError(
-            f"cannot parse override: {str(err).splitlines()[0]} (use key=value or group=option)"
-        )
+        return _parse_error(err, list(overrides))
     return CnnbenchError(str(err).splitlines()[0] if str(err) else err.__class__.__name__)
+
+
+def _parse_error(err: Exception, overrides: list[str]) -> CnnbenchError:
+    """An override Hydra's lexer refuses, with the quoting that makes it a plain value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException:
+            key, sep, value = override.partition("=")
+            if not sep or not value or "'" in value:
+                break
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+            return CnnbenchError(
+                f"cannot parse override {override!r}: a value with '=', spaces, quotes, "
+                "brackets or non-ASCII letters must be quoted for Hydra: write "
+                f"'{key}=\"{escaped}\"' (the outer single quotes are for the shell)"
+            )
+    return CnnbenchError(
+        f"cannot parse override: {str(err).splitlines()[0]} (use key=value or group=option; "
+        """quote values with special characters: 'dataset.root="/data/a=b"')"""
+    )
 
 
 def compose_checked(

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -214,6 +215,7 @@ class TrainStep:
     autocast: AbstractContextManager | None = None
     scaler: torch.amp.GradScaler | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped every batch
+    best_path: Path | None = None  # the run's best.pt, for check_finite's message
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
@@ -234,11 +236,16 @@ class TrainStep:
         return logits, loss
 
     def check_finite(self, loss: float, where: str) -> None:
-        """Stop the run with one message when the loss is NaN or infinite."""
+        """Stop the run with one message when the loss is NaN or infinite (saying best.pt
+        is kept only when `best_path` exists)."""
         if not math.isfinite(loss):
             lr = self.optimizer.param_groups[0]["lr"]
+            kept = ""
+            if self.best_path is not None:
+                kept = "; best.pt is kept as it was" if self.best_path.is_file() else ""
+                kept = kept or "; no best.pt was saved before it"
             raise CnnbenchError(
-                f"loss became {loss} {where} (lr {lr:g}); best.pt is kept as it was. Try a "
+                f"loss became {loss} {where} (lr {lr:g}){kept}. Try a "
                 "smaller optimizer.lr, a scheduler with warmup, or gradient clipping."
             )
 

@@ -30,10 +30,10 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _State:
-    installed = False
     armed = False
     signum: int | None = None  # the first signal received, once one arrived
     quiet = False  # DDP ranks > 0: rank 0 does the talking
+    owner = 0  # the process that installed the handler (forked DataLoader workers inherit it)
 
 
 _state = _State()
@@ -48,6 +48,8 @@ def _say(text: str) -> None:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _state.owner:  # a forked worker: its parent speaks, stops and ends it
+        return
     name = signal.Signals(signum).name
     if _state.armed and _state.signum is None:
         _state.signum = signum
@@ -67,12 +69,18 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 @contextmanager
 def graceful_stop() -> Iterator[None]:
-    """Route SIGINT/SIGTERM to this module for the duration (main thread only; else a no-op)."""
-    if _state.installed or threading.current_thread() is not threading.main_thread():
+    """Route SIGINT/SIGTERM to this module for the duration (main thread only; else a no-op).
+
+    `cnnbench` wraps every command in one (cli.py), so start-up, imports, eval and predict
+    stop with one line and exit 130/143; the training run nests its own around the loop.
+    On the way out the handlers and state of before are put back.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
-    _state.installed, _state.armed, _state.signum = True, False, None
+    before = (_state.armed, _state.signum, _state.quiet, _state.owner)
+    _state.armed, _state.signum, _state.owner = False, None, os.getpid()
     try:
         for sig in SIGNALS:
             signal.signal(sig, _handler)
@@ -80,8 +88,7 @@ def graceful_stop() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _state.installed, _state.armed, _state.signum = False, False, None
-        _state.quiet = False
+        _state.armed, _state.signum, _state.quiet, _state.owner = before
 
 
 def set_quiet(quiet: bool = True) -> None:

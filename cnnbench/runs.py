@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from .config import GROUPS, group_options
 from .errors import CnnbenchError
@@ -21,19 +22,85 @@ PRIMARY_NAME = "saved_run"
 
 
 def saved_config(run_dir: Path) -> Any:
-    """The full config a run was started with (its `.hydra/config.yaml`)."""
+    """The full config a run was started with (its `.hydra/config.yaml`), checked first: a
+    readable YAML mapping of plain values. A damaged file, a `_target_` or an interpolation
+    that calls a resolver (`${oc.env:...}`, which would read this machine's environment into
+    a copied run's config and its messages) is one error naming the file."""
     path = Path(run_dir) / SAVED_CONFIG
     if not path.is_file():
         raise CnnbenchError(f"{run_dir} is not a cnnbench run directory (no {SAVED_CONFIG})")
-    return OmegaConf.load(path)
+    fix = (
+        "cnnbench needs it to continue, evaluate or rerun the run: restore the file (e.g. "
+        "from a copy of the run)"
+    )
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # yaml's errors (duplicate keys, !!python tags), not UTF-8, ...
+        raise CnnbenchError(f"{path} is damaged ({_yaml_gist(err)}); {fix}") from None
+    problem = _saved_config_problem(cfg)
+    if problem:
+        raise CnnbenchError(f"{path} {problem}; {fix}")
+    return cfg
+
+
+def _yaml_gist(err: BaseException) -> str:
+    """'found duplicate key seed (line 12)' from a YAML error; the first line of others."""
+    problem = getattr(err, "problem", None) or (str(err).splitlines() or [""])[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1})" if mark is not None else ""
+    return f"{problem or err.__class__.__name__}{where}"
+
+
+_RESOLVER = re.compile(r"\$\{\s*([\w.-]+)\s*:")  # ${oc.env:HOME}, ${now:...}: not ${epochs}
+
+
+def _saved_config_problem(cfg: Any) -> str | None:
+    """What makes a loaded saved config unusable, or None."""
+    if not isinstance(cfg, DictConfig) or not cfg:
+        return "is empty or not a mapping of config keys"
+    data = OmegaConf.to_container(cfg, resolve=False)
+    if not all(isinstance(data.get(k), dict) for k in ("model", "dataset")):
+        return "is not a cnnbench run config (it has no model and dataset sections)"
+    for key, value in _walk(data):
+        if key.rsplit(".", 1)[-1] in ("_target_", "_partial_", "_args_"):
+            return f"holds {key!r}: a cnnbench config never names code to instantiate"
+        found = _RESOLVER.search(value) if isinstance(value, str) else None
+        if found:
+            return (
+                f"sets {key} to an interpolation that calls the resolver {found.group(1)!r} "
+                "(${" + found.group(1) + ":...}); a saved run is read without resolving "
+                "anything but its own keys, so it cannot read this machine's environment: "
+                "put the plain value in the file"
+            )
+    return None
+
+
+def _walk(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every entry of nested dicts and lists."""
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    for key, value in items:
+        name = f"{prefix}{key}"
+        yield name, value
+        if isinstance(value, (dict, list)):
+            yield from _walk(value, f"{name}.")
+
+
+def _hydra_record(run_dir: Path, key: str) -> str | None:
+    """A plain value Hydra recorded in `.hydra/hydra.yaml` (None when absent, damaged or an
+    interpolation: nothing there is resolved)."""
+    path = Path(run_dir) / ".hydra" / "hydra.yaml"
+    try:
+        node: Any = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        for part in key.split("."):
+            node = node[part]
+    except Exception:
+        return None
+    return str(node) if isinstance(node, (str, int, float)) and "${" not in str(node) else None
 
 
 def launch_dir(run_dir: Path) -> Path | None:
     """The working directory the run was started from (Hydra's runtime.cwd), if recorded."""
-    path = Path(run_dir) / ".hydra" / "hydra.yaml"
-    if not path.is_file():
-        return None
-    cwd = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.cwd")
+    cwd = _hydra_record(run_dir, "hydra.runtime.cwd")
     return Path(cwd) if cwd else None
 
 
@@ -49,13 +116,8 @@ def saved_choice(run_dir: Path, cfg: Any, group: str) -> str | None:
     name = OmegaConf.select(cfg, f"{group}.name")
     if name is not None and str(name) in options:
         return str(name)
-    path = Path(run_dir) / ".hydra" / "hydra.yaml"
-    recorded = (
-        OmegaConf.select(OmegaConf.load(path), f"hydra.runtime.choices.{group}")
-        if (path.is_file())
-        else None
-    )
-    return str(recorded) if recorded is not None and str(recorded) in options else None
+    recorded = _hydra_record(run_dir, f"hydra.runtime.choices.{group}")
+    return recorded if recorded in options else None
 
 
 def _defaults_list(run_dir: Path, cfg: Any, picked: list[str]) -> str:
@@ -147,12 +209,86 @@ def latest_matching_run(cfg: Any, root: Path) -> Path:
     """The newest run under `root` with a last.pt whose config equals `cfg` (resume=auto)."""
     want = _comparable(cfg)
     for run in find_runs(root):
-        if (run / "last.pt").is_file() and _comparable(saved_config(run)) == want:
-            return run
+        if not (run / "last.pt").is_file():
+            continue
+        try:
+            if _comparable(saved_config(run)) == want:
+                return run
+        except Exception:  # a damaged saved config is not this run's: look further
+            continue
     raise CnnbenchError(
         f"resume=auto found no run of this config with a last.pt under {Path(root).resolve()}; "
         "start it without resume, or pass resume=RUN_DIR"
     )
+
+
+# Keys a resume may change: how the run goes on, not what it learns from (README, When
+# things go wrong). batch_size is one: a run out of memory continues with a smaller batch.
+RESUME_MAY_CHANGE = (
+    "epochs",
+    "batch_size",
+    "eval_batch_size",
+    "num_workers",
+    "progress",
+    "log_interval",
+    "device",
+    "dataset.cache",
+    "dataset.cache_dir",
+    "dataset.max_memory_mb",
+    "dataset.download",
+)
+
+
+def _may_change(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_CHANGE)
+
+
+def check_resume(run_dir: Path, cfg: Any, overrides: Sequence[str]) -> None:
+    """Refuse a resume whose overrides would make the saved config lie about the run:
+    another value of a key that shapes training (seed, dataset.root, optimizer.lr, ...), or
+    fewer epochs than the run has already trained (or none to add to a finished run)."""
+    from .checkpoint import load_checkpoint
+    from .flatconfig import flat_config
+
+    old, new = flat_config(saved_config(run_dir)), flat_config(cfg)
+    touched = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    changed = [
+        key
+        for key in new
+        if any(key == t or key.startswith(f"{t}.") for t in touched)
+        and not _may_change(key)
+        and old.get(key) != new[key]
+    ]
+    if changed:
+        shown = ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed)
+        raise CnnbenchError(
+            f"resume={run_dir} cannot change {shown}: a resumed run keeps the values it was "
+            "started with, so its saved config stays true for the whole run. A resume may "
+            f"change only {', '.join(RESUME_MAY_CHANGE)}. To train with other values, start a "
+            f"new run from this one's config: cnnbench rerun {run_dir} "
+            + " ".join(o for o in overrides if o.split("=", 1)[0].lstrip("+~") in changed)
+        )
+    last = load_checkpoint(Path(run_dir) / "last.pt", mmap=True)
+    done, partial = int(last.get("epoch", 0)), last.get("partial") is not None
+    finished = (Path(run_dir) / "results.json").is_file() and not partial
+    if cfg.epochs < done + partial or (finished and cfg.epochs == done):
+        trained = f"{done} epoch(s)" + (f" and part of epoch {done + 1}" if partial else "")
+        raise CnnbenchError(
+            f"resume={run_dir} epochs={cfg.epochs}: the run has already trained {trained}"
+            + (" and is finished" if finished else "")
+            + "; epochs can only grow on resume (the run's history is kept as it is), so pass "
+            f"epochs={max(done + 1, cfg.epochs + 1)} or more, or start a new run"
+        )
+
+
+@contextmanager
+def removed_on_error(config_dir: Path | str) -> Iterator[None]:
+    """Remove a generated primary config (/tmp/cnnbench-run-*) when the block fails."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(config_dir, ignore_errors=True)
+        raise
 
 
 def quote(value: str) -> str:
@@ -192,17 +328,26 @@ def planned_run_dir(overrides: list[str]) -> Path:
     return Path(str(planned_hydra(overrides).run.dir))
 
 
+def pin_run_dir(args: list[str], run_dir: Path) -> list[str]:
+    """`args` with hydra.run.dir fixed to `run_dir` (the default's ${now:...} resolved once),
+    so Hydra writes where the checks looked and the lock is held."""
+    if any(a.startswith("hydra.run.dir=") for a in args):
+        return list(args)
+    return [*args, f"hydra.run.dir={quote(str(run_dir))}"]
+
+
 def check_writable(run_dir: Path) -> None:
     """Fail with one message, before any work, when `run_dir` cannot be created or written."""
     run_dir = Path(run_dir).expanduser().absolute()
     existing = run_dir
-    while not existing.exists() and existing != existing.parent:
+    while not _exists(existing) and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise CnnbenchError(
             f"cannot create the run directory {run_dir}: {existing} is a file, not a "
             "directory; choose another hydra.run.dir=PATH"
         )
+    _check_name_lengths(run_dir, existing)
     try:  # os.access is not enough: root passes it on read-only file systems
         os.rmdir(tempfile.mkdtemp(prefix=".cnnbench-write-check-", dir=existing))
     except OSError as err:
@@ -211,6 +356,177 @@ def check_writable(run_dir: Path) -> None:
             f"({err.strerror or err}); run from a writable directory or choose "
             "hydra.run.dir=PATH"
         ) from None
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists that says False where the path cannot be looked up (a name too long)."""
+    try:
+        path.stat()
+    except OSError:
+        return False
+    return True
+
+
+def _check_name_lengths(run_dir: Path, existing: Path) -> None:
+    """ENAMETOOLONG before it happens: each new folder name and the whole path must fit."""
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):  # not POSIX: the OS will say it
+        return
+    for name in run_dir.relative_to(existing).parts:
+        if len(os.fsencode(name)) > name_max:
+            raise CnnbenchError(
+                f"cannot create the run directory {run_dir}: the folder name {name[:40]}... is "
+                f"{len(os.fsencode(name))} bytes long and this file system allows {name_max}; "
+                "choose a shorter hydra.run.dir=PATH"
+            )
+    if len(os.fsencode(run_dir)) + 64 > path_max:  # room for the files written in it
+        raise CnnbenchError(
+            f"cannot create the run directory {str(run_dir)[:60]}...: its path is "
+            f"{len(os.fsencode(run_dir))} bytes long and this system allows {path_max} for a "
+            "file's whole path; choose a shorter hydra.run.dir=PATH"
+        )
+
+
+# ---- a run directory is one run's: never written over, never by two processes at once
+
+RUN_OUTPUTS = ("last.pt", "best.pt", "metrics.csv", "results.json")  # what a new run would replace
+LOCK_FILE = Path(".hydra") / "lock"  # flock()ed by the process writing the run dir
+
+
+def run_outputs(run_dir: Path) -> list[str]:
+    """The files of an earlier run in `run_dir` that a new run would replace."""
+    return [name for name in RUN_OUTPUTS if (Path(run_dir) / name).exists()]
+
+
+def _free_dir(run_dir: Path) -> Path:
+    """`run_dir` with the first free suffix: outputs/x-2, outputs/x-3, ..."""
+    n = 2
+    while run_dir.with_name(f"{run_dir.name}-{n}").exists():
+        n += 1
+    return run_dir.with_name(f"{run_dir.name}-{n}")
+
+
+def check_fresh(run_dir: Path) -> None:
+    """Refuse to start a new run in a directory that holds a run's checkpoints or metrics
+    (finished or not). A directory where a run failed before its first epoch may be reused."""
+    from .interrupt import resume_command
+
+    run_dir = Path(run_dir).expanduser().absolute()
+    found = run_outputs(run_dir)
+    if not found:
+        return
+    resume = f"continue it with `{resume_command(run_dir)}`, or " if "last.pt" in found else ""
+    raise CnnbenchError(
+        f"{run_dir} already holds a run ({', '.join(found)}) and a new run never writes over "
+        f"one: {resume}start the new run in another directory, e.g. "
+        f"hydra.run.dir={quote(str(_free_dir(run_dir)))} (or delete {run_dir} first)"
+    )
+
+
+@dataclass
+class RunLock:
+    """An exclusive flock() on a run (or sweep) directory's lock file, held by the process
+    that writes the directory. The OS releases it when the process ends, however it ends,
+    so a lock left by a killed process never blocks a later run."""
+
+    path: Path
+    fd: int | None = None
+    created: bool = False  # the directory did not exist before the lock
+
+    def stamp(self) -> None:
+        """Write this process's id into the lock file (named when another is refused)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Give the lock up; a directory this lock created and nothing wrote is removed."""
+        if self.fd is None:
+            return
+        os.close(self.fd)
+        self.fd = None
+        run_dir = self.path.parent.parent
+        with suppress(OSError):
+            unused = os.listdir(run_dir) == [LOCK_FILE.parent.name] and os.listdir(
+                self.path.parent
+            ) == [LOCK_FILE.name]
+            if self.created and unused:
+                self.path.unlink()
+                self.path.parent.rmdir()
+                run_dir.rmdir()
+
+
+def lock_dir(directory: Path, lock_file: Path = LOCK_FILE, elsewhere: bool = True) -> RunLock:
+    """Lock `directory` (created if missing) for this process, or fail with one message
+    naming the process that holds it (and, with `elsewhere`, another directory to use)."""
+    directory = Path(directory).expanduser().absolute()
+    path = directory / lock_file
+    lock = RunLock(path, created=not directory.exists())
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        return lock
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise CnnbenchError(
+            f"cannot create {directory}: {err.strerror or err}; choose another directory "
+            "(hydra.run.dir=PATH)"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        other = quote(str(_free_dir(directory)))
+        other = f", or use another directory, e.g. hydra.run.dir={other}" if elsewhere else ""
+        raise CnnbenchError(
+            f"{directory} is in use by another cnnbench process (pid {holder}) that writes "
+            f"there; wait for it to end (or stop it){other}"
+        ) from None
+    except OSError:  # a file system without locks (some network mounts): go on unlocked
+        pass
+    return RunLock(path, fd, lock.created)
+
+
+def claim_run_dir(run_dir: Path, fresh: bool = True) -> RunLock:
+    """Make `run_dir` this process's before Hydra writes into it: writable, locked against
+    other cnnbench processes and, for a new run (`fresh`), not holding an earlier run."""
+    check_writable(run_dir)
+    if fresh and not (Path(run_dir) / LOCK_FILE).exists():  # refused: no lock file left
+        check_fresh(run_dir)
+    lock = lock_dir(run_dir, elsewhere=fresh)
+    try:
+        if fresh:  # again under the lock: a run that just ended in there counts
+            check_fresh(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    lock.stamp()
+    return lock
+
+
+def claim_sweep_dir(sweep_dir: Path) -> RunLock:
+    """A sweep's directory: refused when it holds runs of an earlier sweep, then locked."""
+    sweep_dir = Path(sweep_dir).expanduser().absolute()
+    check_writable(sweep_dir)
+    lock = lock_dir(sweep_dir, Path(".sweep.lock"))
+    earlier = sorted(
+        str(run.relative_to(sweep_dir)) for run in find_runs(sweep_dir) if run_outputs(run)
+    )
+    if earlier:
+        lock.release()
+        raise CnnbenchError(
+            f"hydra.sweep.dir={sweep_dir} already holds {len(earlier)} run(s) of an earlier "
+            f"sweep ({', '.join(earlier[:5])}{', ...' if len(earlier) > 5 else ''}) and a "
+            "sweep never writes over them: choose another directory, e.g. "
+            f"hydra.sweep.dir={quote(str(_free_dir(sweep_dir)))} (or delete it first)"
+        )
+    lock.stamp()
+    return lock
 
 
 def _last_pt_stamp(run_dir: Path) -> tuple[int, int] | None:

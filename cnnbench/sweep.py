@@ -15,7 +15,8 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def check_sweep(args: list[str], config_name: str = "train", config_dir: str | N
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
-        raise composition_error(err) from err
+        raise composition_error(err, overrides) from err
     choices: list[list[str]] = []  # one list of `key=value` strings per override
     for override in parsed:
         if not override.is_sweep_override():
@@ -124,6 +125,7 @@ class Sweep:
 
     sweep_dir: Path
     started: float = field(default_factory=time.time)
+    lock: Any = field(default=None, compare=False)  # runs.RunLock on sweep_dir, held throughout
 
 
 def fix_sweep_dir(
@@ -137,14 +139,15 @@ def fix_sweep_dir(
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .runs import planned_hydra, quote, split_override
+    from .runs import claim_sweep_dir, planned_hydra, quote, split_override
 
     started = time.time()
     given, _ = split_override(args, "hydra.sweep.dir")
     if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
         return args, None
-    if given:
-        return args, Sweep(Path(given).expanduser(), started)
+    if given:  # an earlier sweep's runs there are never written over
+        sweep_dir = Path(given).expanduser()
+        return args, Sweep(sweep_dir, started, claim_sweep_dir(sweep_dir))
     # Only the plain (not swept) overrides can be composed; the sweep dir depends on no other.
     plain = [
         o.input_line
@@ -154,7 +157,8 @@ def fix_sweep_dir(
         if not o.is_sweep_override()
     ]
     sweep_dir = Path(str(planned_hydra(plain, config_name, config_dir).sweep.dir))
-    return [*args, f"hydra.sweep.dir={quote(str(sweep_dir))}"], Sweep(sweep_dir, started)
+    pinned = [*args, f"hydra.sweep.dir={quote(str(sweep_dir))}"]
+    return pinned, Sweep(sweep_dir, started, claim_sweep_dir(sweep_dir))
 
 
 def parallel_jobs() -> int:
@@ -192,7 +196,15 @@ def run_sweep_job(train_fn: Callable[[Any, Path], dict], cfg: Any, out_dir: Path
     """
     from hydra.core.hydra_config import HydraConfig
 
+    from .runs import lock_dir
+
     hc = HydraConfig.get()
+    try:
+        lock = lock_dir(out_dir)  # another process writes this job's dir: leave it alone
+        lock.stamp()
+    except CnnbenchError as err:
+        log.error(f"job #{hc.job.num} not run (the sweep goes on): {err}")
+        return _failed_objective(hc)
     try:
         return float(train_fn(cfg, out_dir)["best_val_loss"])
     except Exception as err:
@@ -204,6 +216,59 @@ def run_sweep_job(train_fn: Callable[[Any, Path], dict], cfg: Any, out_dir: Path
         atomic_write_text(out_dir / ERROR_FILE, message + "\n" + detail)
         log.error(f"job #{hc.job.num} failed (the sweep goes on): {message}")
         return _failed_objective(hc)
+    finally:
+        lock.release()
+
+
+@contextmanager
+def sweep_running(sweep: Sweep | None) -> Iterator[None]:
+    """Around a sweep's jobs: when Ctrl-C/SIGTERM stops it (exit 130/143), say which jobs
+    finished, which was stopped and how to resume it; at the end unlock its directory."""
+    try:
+        yield
+    except SystemExit as stop:
+        if sweep is not None and stop.code in (130, 143) and sweep.sweep_dir.is_dir():
+            print(stopped_sweep_text(sweep, int(stop.code)), file=sys.stderr, flush=True)
+        raise
+    finally:
+        if sweep is not None and sweep.lock is not None:
+            sweep.lock.release()
+
+
+def stopped_sweep_text(sweep: Sweep, code: int) -> str:
+    """'sweep stopped by SIGINT: #0, #1 finished; #2 was stopped ...'."""
+    import signal
+
+    from .interrupt import resume_command
+
+    jobs = _fresh_jobs(sweep)
+    done = [f"#{j.name}" for j in jobs if (j / "results.json").is_file()]
+    failed = [f"#{j.name}" for j in jobs if _fresh(j / ERROR_FILE, sweep)]
+    parts = [f"{', '.join(done) or 'no job'} finished"]
+    parts += [f"{', '.join(failed)} failed"] if failed else []
+    for job in (j for j in jobs if f"#{j.name}" not in done + failed):
+        if (job / "last.pt").is_file():
+            parts.append(f"#{job.name} was stopped, resume it with: {resume_command(job)}")
+        else:
+            parts.append(f"#{job.name} was stopped before its first epoch ended (no last.pt)")
+    return (
+        f"sweep stopped by {signal.Signals(code - 128).name}: {'; '.join(parts)}. The jobs "
+        f"after it did not start; the sweep's runs are in {sweep.sweep_dir.absolute()}"
+    )
+
+
+def _fresh(path: Path, sweep: Sweep) -> bool:
+    """True when `path` was written since `sweep` started (not left by an earlier one)."""
+    try:
+        return os.stat(path).st_mtime >= sweep.started - 1
+    except OSError:
+        return False
+
+
+def _fresh_jobs(sweep: Sweep) -> list[Path]:
+    """This sweep's job dirs: written (.hydra/config.yaml) since it started, in job order."""
+    found = (p for p in sweep.sweep_dir.iterdir() if _fresh(p / ".hydra" / "config.yaml", sweep))
+    return sorted(found, key=_job_key)
 
 
 def _job_key(job: Path) -> tuple[int, str]:
@@ -219,16 +284,8 @@ def report_sweep(sweep: Sweep | None) -> None:
     """
     if sweep is None or not sweep.sweep_dir.is_dir():
         return
-    where, since = sweep.sweep_dir, sweep.started - 1
-
-    def fresh(path: Path) -> bool:
-        try:
-            return os.stat(path).st_mtime >= since
-        except OSError:
-            return False
-
-    jobs = sorted((p for p in where.iterdir() if fresh(p / ".hydra" / "config.yaml")), key=_job_key)
-    failed = [f"#{job.name}" for job in jobs if fresh(job / ERROR_FILE)]
+    where, jobs = sweep.sweep_dir, _fresh_jobs(sweep)
+    failed = [f"#{job.name}" for job in jobs if _fresh(job / ERROR_FILE, sweep)]
     if not failed:
         if jobs:
             print(f"sweep: {len(jobs)} jobs in {where}; leaderboard: cnnbench report {where}")

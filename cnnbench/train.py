@@ -110,6 +110,13 @@ def build_data(cfg: Any, ddp: Distributed | None = None, progress: bool = True) 
     classes = cfg.model.num_classes or splits.num_classes
     train_tf, eval_tf = build_transforms(cfg.transforms, splits.train_stats, channels, classes)
     input_size = (channels, *train_tf.output_size(height, width))
+    head = cfg.model.num_classes
+    if head is not None and head < splits.num_classes:  # labels past the head: no loss
+        raise CnnbenchError(
+            f"model.num_classes={head} is smaller than the {splits.num_classes} classes of "
+            f"dataset {cfg.dataset.name}; drop model.num_classes (the head then has one output "
+            f"per class) or set it to {splits.num_classes} or more"
+        )
     if cfg.overfit_batches:  # a debug run: the same few batches, unaugmented, as train and val
         n = cfg.overfit_batches * cfg.batch_size * ddp.world_size
         splits, train_tf = splits.overfit(n, cfg.seed), eval_tf
@@ -188,6 +195,19 @@ def build_loaders(cfg: Any, data: Data, device: torch.device, ddp: Distributed) 
             "epoch (limit_*_batches); its metrics are not those of the whole splits"
         )
     return Loaders(train, val, test)
+
+
+def check_batch_norm(cfg: Any, model: nn.Module) -> None:
+    """batch_size=1 cannot train BatchNorm layers: each batch is normalized by its own
+    statistics, which one image does not have (train epochs drop a trailing batch of one)."""
+    if cfg.batch_size == 1 and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
+        raise CnnbenchError(
+            f"batch_size=1 cannot train model {cfg.model.name!r}: its BatchNorm layers "
+            "normalize each batch by its own mean and variance, which one image does not "
+            "have; use batch_size=2 or more (batch_size is per process under torchrun)"
+        )
 
 
 def choose_precision(
@@ -370,6 +390,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         f"{'x'.join(map(str, data.input_size))}"
     )
     model = build_model(cfg, data.input_size, data.num_classes, device)
+    check_batch_norm(cfg, model)
     if main:
         table = summary_table(model, data.input_size, device)
         print(table, flush=True)
@@ -379,6 +400,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     loaders = build_loaders(cfg, data, device, ddp)
     state = build_training(cfg, model, precision, device, len(loaders.train))
     step = train_step(cfg, state, precision, device)
+    step.best_path = out_dir / "best.pt"  # a non-finite loss says whether it is kept
     log_training_line(cfg, model, device, precision, ddp)
     if cfg.resume:  # continue from last.pt: weights, optimizer, scheduler, RNG, history
         resume(state, cfg, out_dir, loaders.train, ddp.world_size)

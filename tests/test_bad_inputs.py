@@ -1,14 +1,21 @@
 """The bad-input table: every case is one `error:` line that says what is wrong and how to
-fix it, a non-zero exit, no traceback (HYDRA_FULL_ERROR=1 shows one: tests/test_errors.py),
-and no checkpoint written."""
+fix it, exit code 1, no traceback (HYDRA_FULL_ERROR=1 shows one: tests/test_errors.py), no
+checkpoint written, every file that existed before (a run's checkpoints, its saved config)
+byte-identical afterwards, and no generated config left in the temp directory.
+
+Cases that stop before Hydra starts a run (value checks, run-dir protection, damaged run
+files) run the CLI in this process; the others run it as a subprocess, four at a time.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,16 +25,77 @@ from conftest import TINY, run_cnnbench
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
-    """A finished lenet5 run (best.pt, last.pt, saved config) to resume in the cases."""
+    """A finished 2-epoch lenet5 run (best.pt, last.pt, saved config) for the cases."""
     cwd = tmp_path_factory.mktemp("finished")
-    run_cnnbench("train", *TINY, "epochs=1", "hydra.run.dir=run", cwd=cwd)
+    run_cnnbench("train", *TINY, "hydra.run.dir=run", cwd=cwd)
     return cwd / "run"
 
 
-def _copy_run(finished: Path, tmp: Path) -> Path:
-    copy = tmp / "copied-run"
+@dataclass
+class Call:
+    """A command line other than `cnnbench train ARGS` in the case's directory."""
+
+    args: list[str]
+    command: str = "train"
+    cwd: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _copy_run(finished: Path, tmp: Path, name: str = "copied-run") -> Path:
+    copy = tmp / name
     shutil.copytree(finished, copy)
     return copy
+
+
+def _damaged(run: Path, tmp: Path, file: str, content: bytes | None) -> Path:
+    """A copy of the run with `file` replaced by `content` (removed when None)."""
+    copy = _copy_run(run, tmp)
+    (copy / file).unlink()
+    if content is not None:
+        (copy / file).write_bytes(content)
+    return copy
+
+
+def _saved_config_with(run: Path, tmp: Path, edit: Callable[[str], str]) -> Path:
+    copy = _copy_run(run, tmp)
+    path = copy / ".hydra" / "config.yaml"
+    path.write_text(edit(path.read_text()))
+    return copy
+
+
+def _plain_state_dict_best(run: Path, tmp: Path) -> Path:
+    copy = _copy_run(run, tmp)
+    torch.save(torch.load(run / "best.pt", weights_only=True)["model"], copy / "best.pt")
+    return copy
+
+
+def _foreign_last(run: Path, tmp: Path) -> Path:
+    """A copy whose last.pt holds another network's weights (same model name)."""
+    copy = _copy_run(run, tmp)
+    last = torch.load(run / "last.pt", weights_only=True)
+    last["model"] = {"backbone.conv.weight": torch.zeros(4, 3, 3, 3)}
+    torch.save(last, copy / "last.pt")
+    return copy
+
+
+def _started_only(run: Path, tmp: Path, keep_last: bool) -> Path:
+    """A run dir as a run leaves it before its first epoch ends (last.pt if stopped in it)."""
+    copy = tmp / "copied-run"
+    shutil.copytree(run / ".hydra", copy / ".hydra")
+    if keep_last:
+        shutil.copy(run / "last.pt", copy / "last.pt")
+    return copy
+
+
+def _earlier_sweep(run: Path, tmp: Path) -> Path:
+    """A sweep dir whose job 0 is a finished run."""
+    _copy_run(run, tmp / "sweep", "0")
+    return tmp / "sweep"
+
+
+def _same_channel_images(tmp: Path) -> Path:
+    """Two classes of images whose green and blue channels are one value throughout."""
+    return _image_folder(tmp, ["cat", "dog"])
 
 
 def _image_folder(tmp: Path, classes: list[str]) -> Path:
@@ -121,10 +189,17 @@ CASES: dict[str, Case] = {
         lambda tmp, run: [f"resume={tmp}/nowhere"],
         "resume={tmp}/nowhere: no such run directory",
     ),
-    "resume with a checkpoint from another model": (
-        lambda tmp, run: [f"resume={_copy_run(run, tmp)}", "model.name=alexnet_cifar", "epochs=2"],
+    "resume with another model.name": (
+        lambda tmp, run: [f"resume={_copy_run(run, tmp)}", "model.name=alexnet_cifar", "epochs=3"],
+        (
+            "resume={tmp}/copied-run cannot change model.name ('lenet5' -> 'alexnet_cifar'): ",
+            "cnnbench rerun {tmp}/copied-run model.name=alexnet_cifar",
+        ),
+    ),
+    "resume with a checkpoint from another network": (
+        lambda tmp, run: [f"resume={_foreign_last(run, tmp)}", "epochs=3"],
         "{tmp}/copied-run/last.pt was written by model 'lenet5' and does not fit this run's "
-        "AlexNetCifar or its optimizer (Missing key(s) in state_dict:",
+        "LeNet5 or its optimizer (Missing key(s) in state_dict:",
     ),
     "resume switching the model group": (
         lambda tmp, run: [f"resume={_copy_run(run, tmp)}", "model=alexnet_cifar"],
@@ -163,7 +238,251 @@ CASES: dict[str, Case] = {
         lambda tmp, run: [*NO_DATA, "dataset=folder", f"dataset.root={_linked_class(tmp)}"],
         ("images/dog is a link to ", "images/cat, which overlaps the dataset folder", "link"),
     ),
+    # ---- a run directory is never written over, a resume never rewrites the run's history
+    "new run into a dir that holds a run": (
+        lambda tmp, run: [*TINY, f"hydra.run.dir={_copy_run(run, tmp)}"],
+        (
+            "{tmp}/copied-run already holds a run (last.pt, best.pt, metrics.csv, results.json)",
+            "continue it with `cnnbench train resume={tmp}/copied-run`",
+            "another directory, e.g. hydra.run.dir='{tmp}/copied-run-2'",
+        ),
+    ),
+    "new run with an empty hydra.run.dir= inside a run dir": (
+        lambda tmp, run: Call([*TINY, "hydra.run.dir="], cwd=_copy_run(run, tmp)),
+        ("{tmp}/copied-run already holds a run", "resume={tmp}/copied-run`", "copied-run-2"),
+    ),
+    "rerun into the run's own dir": (
+        lambda tmp, run: Call(
+            [str(_copy_run(run, tmp)), f"hydra.run.dir={tmp}/copied-run"], command="rerun"
+        ),
+        "{tmp}/copied-run already holds a run (last.pt, best.pt, metrics.csv, results.json)",
+    ),
+    "sweep into a dir that holds an earlier sweep": (
+        lambda tmp, run: ["-m", *TINY, "seed=1,2", f"hydra.sweep.dir={_earlier_sweep(run, tmp)}"],
+        (
+            "hydra.sweep.dir={tmp}/sweep already holds 1 run(s) of an earlier sweep (0)",
+            "hydra.sweep.dir='{tmp}/sweep-2'",
+        ),
+    ),
+    "resume with another seed": (
+        lambda tmp, run: [f"resume={_copy_run(run, tmp)}", "seed=3"],
+        (
+            "resume={tmp}/copied-run cannot change seed (0 -> 3): a resumed run keeps the values",
+            "A resume may change only epochs, batch_size,",
+            "cnnbench rerun {tmp}/copied-run seed=3",
+        ),
+    ),
+    "resume a finished 2-epoch run with epochs=1": (
+        lambda tmp, run: [f"resume={_copy_run(run, tmp)}", "epochs=1"],
+        "resume={tmp}/copied-run epochs=1: the run has already trained 2 epoch(s) and is "
+        "finished; epochs can only grow on resume",
+    ),
+    "resume a finished run without more epochs": (
+        lambda tmp, run: [f"resume={_copy_run(run, tmp)}"],
+        ("epochs=2: the run has already trained 2 epoch(s) and is finished", "epochs=3 or more"),
+    ),
+    "run dir name too long": (
+        lambda tmp, run: [*TINY, f"hydra.run.dir={tmp}/{'x' * 300}"],
+        ("the folder name xxxx", "is 300 bytes long and this file system allows 255"),
+    ),
+    # ---- values checked before any data is loaded
+    "seed below numpy's range": (
+        lambda tmp, run: [*TINY, "seed=-1"],
+        "seed must be in [0, 4294967295] (numpy's seed range; got -1)",
+    ),
+    "seed above numpy's range": (
+        lambda tmp, run: [*TINY, "seed=4294967296"],
+        "seed must be in [0, 4294967295] (numpy's seed range; got 4294967296)",
+    ),
+    "scheduler.step_size=0": (
+        lambda tmp, run: [*TINY, "scheduler=step", "scheduler.step_size=0"],
+        "scheduler.step_size must be >= 1 (got 0)",
+    ),
+    "negative momentum": (
+        lambda tmp, run: [*TINY, "optimizer=sgd", "optimizer.momentum=-1"],
+        "optimizer.momentum must be >= 0 (got -1.0)",
+    ),
+    "betas outside [0, 1)": (
+        lambda tmp, run: [*TINY, "optimizer.betas=[1.5,0.9]"],
+        "optimizer.betas must be two values in [0, 1) (got [1.5, 0.9])",
+    ),
+    "lr=nan": (
+        lambda tmp, run: [*TINY, "optimizer.lr=nan"],
+        "optimizer.lr must be a finite number > 0 (got nan)",
+    ),
+    "lr=inf": (
+        lambda tmp, run: [*TINY, "optimizer.lr=inf"],
+        "optimizer.lr must be a finite number > 0 (got inf)",
+    ),
+    "dataset.size=0": (lambda tmp, run: [*TINY, "dataset.size=0"], "dataset.size must be >= 1"),
+    "dataset.channels=0": (
+        lambda tmp, run: [*TINY, "dataset.channels=0"],
+        "dataset.channels must be >= 1 (got 0)",
+    ),
+    "fake data of one class": (
+        lambda tmp, run: [*TINY, "dataset.num_classes=1"],
+        "dataset.num_classes must be >= 2 (got 1): a classifier needs at least two classes",
+    ),
+    "a zero transforms.std": (
+        lambda tmp, run: [*TINY, "transforms.mean=[0,0,0]", "transforms.std=[0,1,1]"],
+        "transforms.std must be > 0 for every channel (got [0.0, 1.0, 1.0])",
+    ),
+    "an image size beyond memory": (
+        lambda tmp, run: [*TINY, "dataset.image_size=1000000"],
+        ("dataset.image_size=1000000 needs at least ", "GiB (96 images of 3x1000000x1000000"),
+    ),
+    "unquoted path with '='": (
+        lambda tmp, run: [*NO_DATA, "dataset=folder", "dataset.root=/data/a=b"],
+        "cannot parse override 'dataset.root=/data/a=b': a value with '=', spaces, quotes, "
+        "brackets or non-ASCII letters must be quoted for Hydra: write 'dataset.root=\"/data/a=b\"'",
+    ),
+    "unquoted unicode path": (
+        lambda tmp, run: [*NO_DATA, "dataset=folder", "dataset.root=/data/ümlaut"],
+        "write 'dataset.root=\"/data/ümlaut\"' (the outer single quotes are for the shell)",
+    ),
+    # ---- checked once the data is loaded or the model built, before training
+    "model.num_classes below the data's classes": (
+        lambda tmp, run: [*TINY, "model.num_classes=3"],
+        "model.num_classes=3 is smaller than the 10 classes of dataset fake; drop "
+        "model.num_classes",
+    ),
+    "batch_size=1 with BatchNorm": (
+        lambda tmp, run: [*TINY, "model=fastnet", "batch_size=1"],
+        "batch_size=1 cannot train model 'fastnet': its BatchNorm layers normalize each batch",
+    ),
+    "a data channel with std 0": (
+        lambda tmp, run: [
+            *NO_DATA,
+            "dataset=folder",
+            f"dataset.root={_same_channel_images(tmp)}",
+            "dataset.splits=[4,1,1]",
+        ],
+        ("channel 1 of the training images has std ", " (every pixel is 80)", "normalize=none"),
+    ),
+    "loss nan in the first epoch": (
+        lambda tmp, run: [*TINY, "optimizer=sgd", "optimizer.lr=1e30", "log_interval=1"],
+        ("error: loss became ", "at epoch 1, step ", "; no best.pt was saved before it."),
+    ),
+    # ---- damaged or foreign files
+    "a text file as model.weights": (
+        lambda tmp, run: [*TINY, f"model.weights={_text_file(tmp)}"],
+        "{tmp}/weights.pt is not a PyTorch checkpoint (neither a torch.save file nor a pickle",
+    ),
+    "an empty model.weights file": (
+        lambda tmp, run: [*TINY, f"model.weights={_empty_file(tmp)}"],
+        "{tmp}/empty.pt is empty (0 bytes): a copy or a save of it was cut short",
+    ),
+    "resume from a garbage last.pt": (
+        lambda tmp, run: [f"resume={_damaged(run, tmp, 'last.pt', b'garbage, not a pickle')}"],
+        "{tmp}/copied-run/last.pt is not a PyTorch checkpoint",
+    ),
+    "eval a best.pt that is a plain state_dict": (
+        lambda tmp, run: Call([str(_plain_state_dict_best(run, tmp))], command="eval"),
+        "{tmp}/copied-run/best.pt is a plain state_dict (weights only): eval, predict and export",
+    ),
+    "eval a run with an empty saved config": (
+        lambda tmp, run: Call([str(_damaged(run, tmp, ".hydra/config.yaml", b""))], "eval"),
+        "{tmp}/copied-run/.hydra/config.yaml is empty or not a mapping of config keys; cnnbench "
+        "needs it to continue, evaluate or rerun the run",
+    ),
+    "eval a run with an invalid saved config": (
+        lambda tmp, run: Call(
+            [str(_damaged(run, tmp, ".hydra/config.yaml", b"model: [lenet5\n"))], "eval"
+        ),
+        "{tmp}/copied-run/.hydra/config.yaml is damaged (expected ',' or ']', but got",
+    ),
+    "saved config with duplicate keys": (
+        lambda tmp, run: Call(
+            [str(_saved_config_with(run, tmp, lambda t: t + "seed: 5\n"))], "eval"
+        ),
+        "{tmp}/copied-run/.hydra/config.yaml is damaged (found duplicate key seed (line ",
+    ),
+    "saved config with a !!python tag": (
+        lambda tmp, run: Call(
+            [
+                str(
+                    _saved_config_with(
+                        run,
+                        tmp,
+                        lambda t: t.replace("seed: 0", "seed: !!python/object/apply:os.getcwd []"),
+                    )
+                )
+            ],
+            "eval",
+        ),
+        "config.yaml is damaged (could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/object/apply:os.getcwd'",
+    ),
+    "saved config with a _target_": (
+        lambda tmp, run: Call(
+            [
+                str(
+                    _saved_config_with(
+                        run, tmp, lambda t: t.replace("model:\n", "model:\n  _target_: os.system\n")
+                    )
+                )
+            ],
+            "rerun",
+        ),
+        "config.yaml holds 'model._target_': a cnnbench config never names code to instantiate",
+    ),
+    "saved config reading the environment": (
+        lambda tmp, run: Call(
+            [
+                str(
+                    _saved_config_with(
+                        run, tmp, lambda t: t.replace("name: lenet5", "name: ${oc.env:SECRET}")
+                    )
+                )
+            ],
+            "eval",
+            env={"SECRET": "hunter2-value"},
+        ),
+        "config.yaml sets model.name to an interpolation that calls the resolver 'oc.env' "
+        "(${{oc.env:...}}); a saved run is read without resolving anything but its own keys",
+    ),
+    "eval a run stopped in its first epoch": (
+        lambda tmp, run: Call([str(_started_only(run, tmp, keep_last=True))], "eval"),
+        "{tmp}/copied-run has no best.pt yet: the run stopped before its first epoch ended; "
+        "continue it with `cnnbench train resume={tmp}/copied-run`",
+    ),
+    "eval a run that failed before its first epoch": (
+        lambda tmp, run: Call([str(_started_only(run, tmp, keep_last=False))], "eval"),
+        "{tmp}/copied-run has no finished epoch (no best.pt, no last.pt)",
+    ),
 }
+
+# Cases that fail inside the Hydra run (data, model, training) run as subprocesses; the
+# others stop before Hydra starts and run the CLI in this process (fast).
+SUBPROCESS = {
+    "nonexistent dataset root (cifar10)",
+    "unknown model name",
+    "resume with a checkpoint from another network",
+    "image size the model cannot take",
+    "cuda without a GPU",
+    "weights from another model",
+    "nonexistent folder root",
+    "empty folder",
+    "one-class folder",
+    "class folder linked to another class folder",
+    "model.num_classes below the data's classes",
+    "batch_size=1 with BatchNorm",
+    "a data channel with std 0",
+    "loss nan in the first epoch",
+    "a text file as model.weights",
+    "an empty model.weights file",
+}
+IN_PROCESS = set(CASES) - SUBPROCESS
+
+
+def _text_file(tmp: Path) -> Path:
+    (tmp / "weights.pt").write_text("these are my notes, not weights\n")
+    return tmp / "weights.pt"
+
+
+def _empty_file(tmp: Path) -> Path:
+    (tmp / "empty.pt").write_bytes(b"")
+    return tmp / "empty.pt"
 
 
 def _linked_class(tmp: Path) -> Path:
@@ -190,8 +509,8 @@ def _empty(tmp: Path) -> Path:
 
 
 def _check_one_clear_error(proc, expected: tuple[str, ...]) -> str:
-    """One `error:` line holding the `expected` parts in order; returns it."""
-    assert proc.returncode != 0
+    """Exit code 1 and one `error:` line holding the `expected` parts in order; returns it."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr
     at = 0
@@ -208,38 +527,89 @@ def _skip_reason(name: str) -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory, finished_run) -> dict[str, tuple[object, Path]]:
-    """Run every case as its own `cnnbench train` process, four at a time.
+Snapshot = dict[Path, bytes]
 
-    name -> (the finished process, or the reason the case is skipped; its directory)
+
+def _prepare(name: str, tmp: Path, finished: Path) -> tuple[Call | str, Snapshot]:
+    """The case's command line (or the reason it is skipped) and every file in its
+    directory before it runs (a temp dir for generated configs is made empty)."""
+    reason = _skip_reason(name)
+    if reason is None:
+        try:
+            made = CASES[name][0](tmp, finished)
+        except pytest.skip.Exception as skip:
+            reason = str(skip)
+    if reason is not None:
+        return reason, {}
+    call = made if isinstance(made, Call) else Call(made)
+    placed = ("hydra.run.dir=", "hydra.sweep.dir=", "resume=")
+    if call.command == "train" and not any(a.startswith(placed) for a in call.args):
+        call.args.append("hydra.run.dir=run")
+    (tmp / "tmpdir").mkdir()
+    return call, {p: p.read_bytes() for p in tmp.rglob("*") if p.is_file()}
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _in_process(call: Call, tmp: Path, monkeypatch, capsys) -> Outcome:
+    """The real CLI in this process (the case stops before Hydra starts a run)."""
+    from cnnbench.cli import main
+
+    monkeypatch.chdir(call.cwd or tmp)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp / "tmpdir"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    for key, value in call.env.items():
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    code = 0
+    try:
+        main([call.command, *call.args])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return Outcome(code, out, err)
+
+
+def _subprocess(call: Call, tmp: Path) -> subprocess.CompletedProcess:
+    env = {"TMPDIR": str(tmp / "tmpdir"), **call.env}
+    return run_cnnbench(call.command, *call.args, cwd=call.cwd or tmp, check=False, env=env)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, finished_run) -> dict[str, tuple[object, Path, Snapshot]]:
+    """Run every case not in IN_PROCESS as its own process, four at a time.
+
+    name -> (the finished process, or the reason the case is skipped; its directory; the
+    files in it before)
     """
-    jobs: dict[str, tuple[object, Path]] = {}
+    jobs: dict[str, tuple[object, Path, Snapshot]] = {}
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for name, (make_args, _) in CASES.items():
-            tmp = tmp_path_factory.mktemp("case")
-            reason = _skip_reason(name)
-            if reason is None:
-                try:
-                    args = make_args(tmp, finished_run)
-                except pytest.skip.Exception as skip:
-                    reason = str(skip)
-            if reason is not None:
-                jobs[name] = (reason, tmp)
+        for name in CASES:
+            if name in IN_PROCESS:
                 continue
-            if not any(a.startswith(("hydra.run.dir=", "resume=")) for a in args):
-                args.append("hydra.run.dir=run")
-            future = pool.submit(run_cnnbench, "train", *args, cwd=tmp, check=False)
-            jobs[name] = (future, tmp)
+            tmp = tmp_path_factory.mktemp("case")
+            call, before = _prepare(name, tmp, finished_run)
+            job = call if isinstance(call, str) else pool.submit(_subprocess, call, tmp)
+            jobs[name] = (job, tmp, before)
         return {
-            name: (job if isinstance(job, str) else job.result(), tmp)
-            for name, (job, tmp) in jobs.items()
+            name: (job if isinstance(job, str) else job.result(), tmp, before)
+            for name, (job, tmp, before) in jobs.items()
         }
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_one_clear_error(outcomes, finished_run, name):
-    proc, tmp = outcomes[name]
+def test_bad_input_is_one_clear_error(request, finished_run, name, tmp_path, monkeypatch, capsys):
+    if name in IN_PROCESS:
+        tmp = tmp_path
+        call, before = _prepare(name, tmp, finished_run)
+        proc = call if isinstance(call, str) else _in_process(call, tmp, monkeypatch, capsys)
+    else:  # the subprocess cases all run at once, when the first of them is reached
+        proc, tmp, before = request.getfixturevalue("outcomes")[name]
     if isinstance(proc, str):
         pytest.skip(proc)
     _, expected = CASES[name]
@@ -250,7 +620,14 @@ def test_bad_input_is_one_clear_error(outcomes, finished_run, name):
         assert "dataset.download=true" in line and "urllib" not in proc.stderr
     if "folder" in name:
         assert "folder" in line
-    copied = tmp / "copied-run"
-    if copied.exists():  # a failed resume leaves the run's files as they were
-        for file in [".hydra/config.yaml", "last.pt", "best.pt"]:
-            assert (copied / file).read_bytes() == (finished_run / file).read_bytes(), file
+    if name == "saved config reading the environment":
+        assert "hunter2" not in proc.stdout + proc.stderr
+    # Nothing that existed is touched (a failed resume puts the run's saved config back; its
+    # train.log is appended to, .hydra/lock names the last process that held it), and no
+    # generated primary config (cnnbench-run-*) is left.
+    for path, data in before.items():
+        if path.name == "lock":
+            continue
+        now = path.read_bytes()
+        assert now.startswith(data) if path.name == "train.log" else now == data, path
+    assert not list((tmp / "tmpdir").glob("cnnbench-*"))

@@ -127,7 +127,7 @@ def test_eval_errors_are_one_line(run, tmp_path, capsys):
     empty = tmp_path / "empty"
     (empty / ".hydra").mkdir(parents=True)
     shutil.copy(run / ".hydra" / "config.yaml", empty / ".hydra" / "config.yaml")
-    assert "has no best.pt" in cli_error(capsys, "eval", str(empty))
+    assert "has no finished epoch (no best.pt, no last.pt)" in cli_error(capsys, "eval", str(empty))
     assert "is not a cnnbench run directory" in cli_error(capsys, "eval", str(tmp_path / "no"))
     assert "unknown config key 'epochz'" in cli_error(capsys, "eval", str(run), "epochz=1")
 

@@ -58,14 +58,52 @@ EXAMPLES = (
 
 
 def load_best(run_dir: Path) -> dict[str, Any]:
-    """A run's best.pt, with a message that says what is missing."""
+    """A run's best.pt, checked: one message when it is missing (and what to do about it),
+    damaged, or not the checkpoint `cnnbench train` writes."""
+    from ..interrupt import resume_command
+
     path = Path(run_dir) / "best.pt"
     if not path.is_file():
+        if (Path(run_dir) / "last.pt").is_file():
+            raise CnnbenchError(
+                f"{run_dir} has no best.pt yet: the run stopped before its first epoch ended; "
+                f"continue it with `{resume_command(run_dir)}`"
+            )
         raise CnnbenchError(
-            f"{run_dir} has no best.pt: the run did not finish an epoch (resume it with "
-            f"`cnnbench train resume={run_dir}`)"
+            f"{run_dir} has no finished epoch (no best.pt, no last.pt): the run stopped or "
+            "failed before its first epoch ended, so there is nothing to evaluate; train it "
+            f"again with `cnnbench rerun {run_dir}`"
         )
-    return load_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    problem = _best_problem(ckpt)
+    if problem:
+        raise CnnbenchError(
+            f"{path} {problem}: eval, predict and export need the best.pt `cnnbench train` "
+            "writes (weights with their model name, classes and input size)"
+        )
+    return ckpt
+
+
+def _best_problem(ckpt: Any) -> str | None:
+    """What makes a loaded best.pt unusable, or None."""
+    if not isinstance(ckpt, dict):
+        return f"holds a {type(ckpt).__name__}, not a checkpoint"
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return "is a plain state_dict (weights only)"
+    missing = [k for k in ("model", "model_name", "num_classes", "input_size") if k not in ckpt]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    size = ckpt["input_size"]
+    if not (
+        isinstance(ckpt["model"], dict)
+        and isinstance(ckpt["model_name"], str)
+        and isinstance(ckpt["num_classes"], int)
+        and isinstance(size, (list, tuple))
+        and len(size) == 3
+        and all(isinstance(v, int) and v > 0 for v in size)
+    ):
+        return "has entries of the wrong kind (model, model_name, num_classes, input_size)"
+    return None
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> nn.Module:
@@ -74,7 +112,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> nn.Modu
     model = create_model(ckpt["model_name"], int(ckpt["num_classes"]), channels)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as err:
         raise CnnbenchError(
             f"best.pt does not fit model {ckpt['model_name']!r}: {str(err).splitlines()[0]}"
         ) from None

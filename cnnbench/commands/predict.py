@@ -129,7 +129,7 @@ def predict(
     else:
         ckpt = load_best(run_dir)
         channels, height, width = (int(v) for v in ckpt["input_size"])
-        classes = list(ckpt["classes"])
+        classes = [str(c) for c in ckpt.get("classes") or range(int(ckpt["num_classes"]))]
         mean, std = normalization(run_dir, ckpt)
         model = model_from_checkpoint(ckpt, device)
     transform = BatchTransform(train=False, mean=mean, std=std)

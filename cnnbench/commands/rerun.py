@@ -14,10 +14,27 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..config import compose_checked
+from ..config import check_values, compose_checked
 from ..errors import CnnbenchError, user_errors
-from ..runs import PRIMARY_NAME, primary_from_saved, saved_config, split_override
-from ..sweep import Sweep, check_sweep, fix_sweep_dir, is_multirun, report_sweep
+from ..runs import (
+    PRIMARY_NAME,
+    RunLock,
+    claim_run_dir,
+    pin_run_dir,
+    planned_hydra,
+    primary_from_saved,
+    removed_on_error,
+    saved_config,
+    split_override,
+)
+from ..sweep import (
+    Sweep,
+    check_sweep,
+    fix_sweep_dir,
+    is_multirun,
+    report_sweep,
+    sweep_running,
+)
 from .args import add_overrides, command_parser, parse_command, run_dir_arg
 
 USAGE = "cnnbench rerun RUN_DIR [overrides...] [-m]"
@@ -33,9 +50,11 @@ EXAMPLES = (
 )
 
 
-def hydra_args(run_dir: Path, overrides: list[str]) -> tuple[list[str], Sweep | None]:
-    """Check `overrides` on the saved config; the arguments that make Hydra run it (and
-    the sweep they start, with -m)."""
+def hydra_args(
+    run_dir: Path, overrides: list[str]
+) -> tuple[list[str], Sweep | None, RunLock | None]:
+    """Check `overrides` on the saved config; the arguments that make Hydra run it, the
+    sweep they start (with -m), and the lock on the new run's directory (without)."""
     resume, _ = split_override(overrides, "resume")
     if resume is not None:
         raise CnnbenchError(
@@ -45,13 +64,20 @@ def hydra_args(run_dir: Path, overrides: list[str]) -> tuple[list[str], Sweep | 
     config_dir = str(
         primary_from_saved(run_dir, clear=("resume",), anchor_paths=True, overrides=overrides)
     )
-    sweep = None
-    if is_multirun(overrides):
-        check_sweep(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
-        overrides, sweep = fix_sweep_dir(overrides, PRIMARY_NAME, config_dir)
-    else:
-        compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
-    return ["--config-dir", config_dir, "--config-name", PRIMARY_NAME, *overrides], sweep
+    sweep, lock = None, None
+    with removed_on_error(config_dir):
+        if is_multirun(overrides):
+            check_sweep(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
+            overrides, sweep = fix_sweep_dir(overrides, PRIMARY_NAME, config_dir)
+        else:  # the new run's dir: never one that holds a run (RUN_DIR itself included)
+            check_values(
+                compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
+            )
+            new_dir = Path(str(planned_hydra(overrides, PRIMARY_NAME, config_dir).run.dir))
+            lock = claim_run_dir(new_dir)
+            overrides = pin_run_dir(overrides, new_dir)
+    argv = ["--config-dir", config_dir, "--config-name", PRIMARY_NAME, *overrides]
+    return argv, sweep, lock
 
 
 def run_cli(args: list[str]) -> None:
@@ -65,12 +91,15 @@ def run_cli(args: list[str]) -> None:
     run_dir = run_dir_arg(parser, opts.run_dir).resolve()
     overrides = ["-m", *opts.overrides] if opts.multirun else opts.overrides
     with user_errors():
-        argv, sweep = hydra_args(run_dir, overrides)
+        argv, sweep, lock = hydra_args(run_dir, overrides)
     from . import train  # Hydra's entrypoint (imports torch and the recipe)
 
     sys.argv = ["cnnbench rerun", *argv]
     try:
-        train.main()
+        with sweep_running(sweep):
+            train.main()
     finally:
         shutil.rmtree(argv[1], ignore_errors=True)  # the generated primary config
+        if lock is not None:
+            lock.release()
     report_sweep(sweep)

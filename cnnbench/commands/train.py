@@ -18,18 +18,22 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .. import distributed, interrupt
-from ..config import compose_checked
+from ..config import check_values, compose_checked
 from ..errors import CnnbenchError, out_of_memory_hint, user_errors
 from ..runs import (
     PRIMARY_NAME,
+    RunLock,
     SavedConfig,
-    check_writable,
+    check_resume,
+    claim_run_dir,
     latest_matching_run,
     overridden_groups,
+    pin_run_dir,
     planned_run_dir,
     primary_from_saved,
     quote,
     remember_saved_config,
+    removed_on_error,
     saved_config_guard,
     split_override,
 )
@@ -41,6 +45,7 @@ from ..sweep import (
     is_multirun,
     report_sweep,
     run_sweep_job,
+    sweep_running,
 )
 from ..train import train
 from .args import check_train_args
@@ -67,23 +72,29 @@ class Launch:
     sweep: Sweep | None = None  # -m: where the jobs go (failures reported afterwards)
     saved: SavedConfig | None = None  # resume=: the run's config, put back if the resume fails
     config_dir: str | None = None  # resume=: the generated primary config (removed afterwards)
+    run_dir: Path | None = None  # a single run's directory, fixed before Hydra starts
+    lock: RunLock | None = None  # held on the run (or sweep) dir while this process writes it
 
 
 def hydra_args(args: list[str]) -> Launch:
     """Check `cnnbench train` overrides up front and turn `resume=` into Hydra arguments.
 
     resume=RUN_DIR (or auto) re-enters that run: its saved config is the primary config
-    (plus any overrides, e.g. epochs=30) and its directory is the run dir.
+    (plus any overrides, e.g. epochs=30) and its directory is the run dir. A new run's
+    directory must not hold a run; either is locked against other cnnbench processes.
     """
     resume, rest = split_override(args, "resume")
     check_plugins(args)
+    main_rank = distributed.from_env().is_main  # under torchrun rank 0 claims the run dir
     if resume in (None, "", "null"):
         if is_multirun(args):  # each swept value composed once, before any job
             check_sweep(args)
             return Launch(*fix_sweep_dir(args))
         elif not any(a.startswith("-") for a in args):  # not --help/--cfg: validate first
-            compose_checked(args)
-            check_writable(planned_run_dir(args))
+            check_values(compose_checked(args))
+            run_dir = planned_run_dir(args)
+            lock = claim_run_dir(run_dir) if main_rank else None
+            return Launch(pin_run_dir(args, run_dir), run_dir=run_dir, lock=lock)
         return Launch(args)
     if any(a.startswith("-") for a in rest):
         raise CnnbenchError("resume= continues one run; it cannot be combined with -m or flags")
@@ -107,16 +118,17 @@ def hydra_args(args: list[str]) -> Launch:
         )
     config_dir = str(primary_from_saved(run_dir))
     overrides = [*rest, f"resume={quote(str(run_dir))}", f"hydra.run.dir={quote(str(run_dir))}"]
-    try:
-        compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
-        check_writable(run_dir)
-    except CnnbenchError:
-        shutil.rmtree(config_dir, ignore_errors=True)
-        raise
+    with removed_on_error(config_dir):
+        cfg = compose_checked(overrides, config_name=PRIMARY_NAME, config_dir=config_dir)
+        check_values(cfg)
+        check_resume(run_dir, cfg, rest)
+        lock = claim_run_dir(run_dir, fresh=False) if main_rank else None
     return Launch(
         ["--config-dir", config_dir, "--config-name", PRIMARY_NAME, *overrides],
         saved=remember_saved_config(run_dir),  # put back if this resume fails before it saves
         config_dir=config_dir,
+        run_dir=run_dir,
+        lock=lock,
     )
 
 
@@ -133,9 +145,9 @@ def distributed_args(launch: Launch) -> Launch:
         return launch
     args = launch.args
     extra: list[str] = []
-    given = any(a.startswith("hydra.run.dir=") for a in args)
-    if not given and not any(a.startswith("-") for a in args):  # rank 0's clock names it
-        run_dir = env.broadcast_object(str(planned_run_dir(args)) if env.is_main else None)
+    if launch.run_dir is not None:  # rank 0's run dir (its clock names a new one) for all
+        run_dir = env.broadcast_object(str(launch.run_dir) if env.is_main else None)
+        args = [a for a in args if not a.startswith("hydra.run.dir=")]
         extra.append(f"hydra.run.dir={quote(run_dir)}")
     if not env.is_main:
         extra += ["hydra.output_subdir=null", WORKER_LOGGING]
@@ -151,10 +163,12 @@ def run_cli(args: list[str]) -> None:
         launch = distributed_args(hydra_args(args))
     sys.argv = ["cnnbench train", *launch.args]
     try:
-        with saved_config_guard(launch.saved):
+        with saved_config_guard(launch.saved), sweep_running(launch.sweep):
             main()
     finally:
         distributed.shutdown()
         if launch.config_dir:  # resume=: the primary config written for it
             shutil.rmtree(launch.config_dir, ignore_errors=True)
+        if launch.lock is not None:
+            launch.lock.release()
     report_sweep(launch.sweep)  # after a sweep: where it is; the failed jobs, exit 1 if any

@@ -43,12 +43,23 @@ def resolve_stats(tcfg, train_stats: Stats | Callable[[], Stats], channels: int)
         mean, std = train_stats() if callable(train_stats) else train_stats
     if len(mean) == 1 and channels > 1:
         mean, std = mean * channels, std * channels
-    if len(mean) != channels or len(std) != channels:
-        from ..errors import CnnbenchError
+    from ..errors import CnnbenchError
 
+    if len(mean) != channels or len(std) != channels:
         raise CnnbenchError(
             f"normalization has {len(mean)} mean / {len(std)} std values for {channels}-channel "
             "images; set transforms.mean and transforms.std with one value per channel"
+        )
+    # A constant channel's std is 0, or a rounding residue of the sums (below a quarter of
+    # one 8-bit level): dividing by it makes the loss nan or huge.
+    low = 1e-3 if tcfg.mean is None and tcfg.std is None else 0.0
+    flat = [i for i, v in enumerate(std) if not v > low]
+    if flat:
+        i = flat[0]
+        raise CnnbenchError(
+            f"channel {i} of the training images has std {std[i]:.2g} (every pixel is "
+            f"{round(mean[i] * 255)}): normalizing divides by it; set transforms.std (and "
+            "transforms.mean) with a value > 0 per channel, or transforms.normalize=none"
         )
     return mean, std
 
