@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
 from .config import check_values, compose_checked, composition_error
 from .errors import CnnbenchError
 
@@ -191,6 +190,8 @@ def run_sweep_job(train_fn: Callable[[Any, Path], dict], cfg: Any, out_dir: Path
     minimizes.
     """
     from hydra.core.hydra_config import HydraConfig
+
+    from .checkpoint import atomic_write_text
 
     hc = HydraConfig.get()
     try:

@@ -7,6 +7,7 @@ The recipe itself is cnnbench/train.py; this module only parses, checks and disp
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .. import distributed, interrupt
-from ..config import compose_checked
+from .. import interrupt
+from ..config import compose_checked, register_configs
 from ..errors import CnnbenchError, out_of_memory_hint, user_errors
 from ..runs import (
     PRIMARY_NAME,
@@ -42,8 +43,8 @@ from ..sweep import (
     report_sweep,
     run_sweep_job,
 )
-from ..train import train
 from .args import check_train_args
+from .train_help import help_text, wants_help
 
 WORKER_LOGGING = "hydra/job_logging=cnnbench_worker"  # DDP ranks > 0: warnings only, no train.log
 
@@ -51,6 +52,8 @@ WORKER_LOGGING = "hydra/job_logging=cnnbench_worker"  # DDP ranks > 0: warnings 
 @hydra.main(version_base=None, config_path="pkg://cnnbench.configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entrypoint behind `cnnbench train`; returns the best val loss (a sweeper's objective)."""
+    from ..train import train  # torch: only once a run starts (not for --help, errors, --cfg)
+
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failing job is recorded, the sweep goes on
         return run_sweep_job(train, cfg, out_dir)
@@ -123,6 +126,10 @@ def hydra_args(args: list[str]) -> Launch:
 def distributed_args(launch: Launch) -> Launch:
     """Under torchrun: start the process group; every rank uses the run dir rank 0 chose,
     and only rank 0 writes it. Without torchrun `launch` is returned unchanged."""
+    if not under_torchrun():
+        return launch
+    from .. import distributed
+
     if distributed.from_env().enabled and launch.sweep is not None:
         raise CnnbenchError(
             "cnnbench train -m does not run under torchrun: start one torchrun per run "
@@ -144,17 +151,30 @@ def distributed_args(launch: Launch) -> Launch:
     return launch
 
 
+def under_torchrun() -> bool:
+    """torchrun sets WORLD_SIZE; without it torch.distributed (and torch) need not load."""
+    return "WORLD_SIZE" in os.environ
+
+
 def run_cli(args: list[str]) -> None:
     """`cnnbench train ARGS`: validate, then hand over to Hydra (which reads sys.argv)."""
     check_train_args(args)  # `--epochs 3`, `+epochs=3`: name the override to use instead
+    if wants_help(args):  # Hydra's app_help takes ~1 s of CPU; this page, one composition
+        with user_errors():
+            print(help_text(args), end="")
+        return
     with user_errors():
         launch = distributed_args(hydra_args(args))
     sys.argv = ["cnnbench train", *launch.args]
+    register_configs()  # the schemas train.yaml's defaults name
     try:
         with saved_config_guard(launch.saved):
             main()
     finally:
-        distributed.shutdown()
+        if under_torchrun():
+            from .. import distributed
+
+            distributed.shutdown()
         if launch.config_dir:  # resume=: the primary config written for it
             shutil.rmtree(launch.config_dir, ignore_errors=True)
     report_sweep(launch.sweep)  # after a sweep: where it is; the failed jobs, exit 1 if any
