@@ -335,6 +335,18 @@ class TrainConfig:
     progress: bool = True  # tqdm bars (hidden anyway when stderr is not a terminal)
 
 
+# Keys whose values are file system paths: typed unquoted, `~` and all (runs.path_overrides).
+PATH_KEYS = (
+    "dataset.root",
+    "dataset.cache_dir",
+    "dataset.csv",
+    "model.weights",
+    "resume",
+    "hydra.run.dir",
+    "hydra.sweep.dir",
+)
+
+
 def register_configs() -> None:
     """Register the top-level schema and every group option that is a schema."""
     cs = ConfigStore.instance()
@@ -555,8 +567,12 @@ def composition_error(err: Exception, overrides: list[str] = ()) -> CnnbenchErro
         first = str(cause).splitlines()[0]
         return CnnbenchError(f"bad value for {cause.full_key!r}: {first}")
     if isinstance(err, OverrideParseException):
+        key, _, value = err.override.partition("=")
         return CnnbenchError(
-            f"cannot parse override: {str(err).splitlines()[0]} (use key=value or group=option)"
+            f"cannot parse override {err.override!r}: {str(err).splitlines()[0]}. Overrides are "
+            f"key=value or group=option; a value with characters Hydra reads as syntax "
+            f"(~ # ( ) [ ] , = ' or letters outside ASCII) must be quoted for Hydra, inside the shell's quotes: "
+            f"\"{key}='{value}'\""
         )
     return CnnbenchError(str(err).splitlines()[0] if str(err) else err.__class__.__name__)
 

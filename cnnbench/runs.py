@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -13,7 +14,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .config import GROUPS, group_options
+from .config import GROUPS, PATH_KEYS, group_options
 from .errors import CnnbenchError
 
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
@@ -155,8 +156,47 @@ def latest_matching_run(cfg: Any, root: Path) -> Path:
 
 
 def quote(value: str) -> str:
-    """A Hydra override value that survives any characters (spaces, '=', quotes)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A Hydra override value that survives any characters (spaces, '=', quotes, `~`).
+
+    Inside Hydra's quotes a backslash is an escape only before a quote or at the end, so
+    only those backslashes are doubled (`C:\\data` stays as it is).
+    """
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)
+    return "'" + escaped.replace("'", "\\'") + "'"
+
+
+def path_overrides(args: Sequence[str]) -> list[str]:
+    """Path values as a user types them, made safe for Hydra's override grammar.
+
+    For the keys of `PATH_KEYS` (`dataset.root=~/pets`, `hydra.run.dir=runs/lr=0.1`), a
+    leading `~` is expanded (the shell does not expand it after `=`) and a value Hydra cannot
+    read as one plain string (`~` inside, `(`, `#`, `=`, `[`, non-ASCII letters...) is quoted;
+    quoted values, null, interpolations and sweeps (`a,b`) are passed as typed. `resume=` is
+    read by cnnbench itself, so it is only expanded.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, out = OverridesParser.create(), []
+    for arg in args:
+        prefix, key, value = re.match(r"^(\+{0,2})([^=~+]*)=?(.*)$", arg).groups()
+        if key not in PATH_KEYS or "=" not in arg or value[:1] in ("'", '"'):
+            out.append(arg)
+            continue
+        value = ",".join(os.path.expanduser(part) for part in value.split(","))
+        if key != "resume" and not _plain_value(parser, f"{key}={value}"):
+            value = quote(value)
+        out.append(f"{prefix}{key}={value}")
+    return out
+
+
+def _plain_value(parser: Any, override: str) -> bool:
+    """True when Hydra reads `override`'s value as typed: a string (or number, null) or a
+    sweep of those, not a list, a dict or a parse error."""
+    try:
+        parsed = parser.parse_override(override)
+    except Exception:  # Hydra's grammar errors (LexerNoViableAltException, ...)
+        return False
+    return parsed.is_sweep_override() or not isinstance(parsed.value(), (list, dict))
 
 
 def split_override(args: list[str], key: str) -> tuple[str | None, list[str]]:

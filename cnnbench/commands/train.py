@@ -27,6 +27,7 @@ from ..runs import (
     check_writable,
     latest_matching_run,
     overridden_groups,
+    path_overrides,
     planned_run_dir,
     primary_from_saved,
     quote,
@@ -159,6 +160,7 @@ def under_torchrun() -> bool:
 def run_cli(args: list[str]) -> None:
     """`cnnbench train ARGS`: validate, then hand over to Hydra (which reads sys.argv)."""
     check_train_args(args)  # `--epochs 3`, `+epochs=3`: name the override to use instead
+    args = path_overrides(args)  # dataset.root=~/pets: expanded, quoted for Hydra
     if wants_help(args):  # Hydra's app_help takes ~1 s of CPU; this page, one composition
         with user_errors():
             print(help_text(args), end="")

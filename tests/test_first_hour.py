@@ -1,0 +1,118 @@
+"""A newcomer's first hour: what the README says works as typed, and the hints lead somewhere."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from conftest import TINY, read_json
+from PIL import Image
+
+
+def write_folder(root: Path, classes=("cat", "dog"), n: int = 12, size: int = 32) -> Path:
+    """root/<class>/NNN.jpg: `n` noisy JPEGs per class, a different mean color each."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            arr = np.clip(rng.normal(60 + 120 * k, 30, (size, size, 3)), 0, 255)
+            Image.fromarray(arr.astype(np.uint8)).save(root / name / f"{i:03d}.jpg")
+    return root
+
+
+def test_tilde_and_odd_characters_in_path_values_work_unquoted(cli, tmp_path):
+    """`dataset.root=~/pets` as the README types it (the shell leaves `~` after `=` alone):
+    expanded, and a run dir with `=`, spaces and parentheses is taken as it is."""
+    home = tmp_path / "home"
+    write_folder(home / "pets")
+    env = {"HOME": str(home), "CNNBENCH_CACHE": str(tmp_path / "cache")}
+    tiny = ["epochs=1", "batch_size=8", "device=cpu", "progress=false"]
+    run = "hydra.run.dir=~/runs/lr=0.1 (copy)"
+    cli("train", "dataset=folder", "dataset.root=~/pets", run, *tiny, env=env)
+    results = read_json(home / "runs" / "lr=0.1 (copy)" / "results.json")
+    assert results["classes"] == ["cat", "dog"]
+    saved = (home / "runs" / "lr=0.1 (copy)" / ".hydra" / "config.yaml").read_text()
+    assert f"root: {home / 'pets'}" in saved
+
+
+def test_a_value_hydra_cannot_parse_says_how_to_quote_it_and_the_quoted_form_works(cli):
+    err = cli("train", "num_workers=a#b", check=False).stderr
+    hint = "\"num_workers='a#b'\""  # shell quotes around Hydra's
+    assert err.startswith("error: cannot parse override 'num_workers=a#b'") and hint in err
+    out = cli("train", "--cfg", "job", "num_workers='a#b'").stdout
+    assert "num_workers: a#b" in out
+
+
+def test_a_key_the_chosen_option_ignores_names_the_option_that_has_it(cli):
+    err = cli("train", "dataset.root=/data/pets", check=False).stderr
+    assert err.startswith("error: dataset.root is not used by dataset=digits")
+    assert "did you mean dataset=folder dataset.root=/data/pets?" in err
+
+
+# Slow every training step down to 0.12 s, then run the CLI (argv: its arguments).
+SLOW_STEPS = """
+import sys, time
+import cnnbench.engine as engine
+_step = engine.TrainStep.__call__
+def slow_step(self, *args):
+    time.sleep(0.12)
+    return _step(self, *args)
+engine.TrainStep.__call__ = slow_step
+from cnnbench.cli import main
+main(sys.argv[1:])
+"""
+
+
+def run_in_terminal(code: str, args: list[str], cwd: Path) -> str:
+    """Run `python -c code ARGS` with stderr on a pseudo-terminal (80x24, as a user's shell
+    has); everything written to the terminal, as text."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    from conftest import REPO
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env=env,
+        stderr=slave,
+        stdout=subprocess.DEVNULL,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    assert proc.wait(timeout=300) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_the_progress_bar_moves_by_time_long_before_log_interval_steps(tmp_path):
+    """In a terminal, slow steps (0.12 s) with log_interval=1000: the bar still refreshes
+    within the 10 steps of an epoch (every 0.5 s), and from epoch 2 says how long is left."""
+    args = [*TINY, "progress=true", "batch_size=8", "log_interval=1000", "hydra.run.dir=run"]
+    screen = run_in_terminal(SLOW_STEPS, ["train", *args], tmp_path)
+    epoch1 = screen.split("[Training] epoch 2/2")[0]
+    moved = {int(n) for n in re.findall(r"\| (\d+)/10 \[", epoch1)}
+    assert moved & set(range(1, 10)), screen[-2000:]  # shown mid-epoch, not only at 0 and 10
+    assert re.search(r"\[Training\] epoch 2/2, ~0:\d\d left:", screen), screen[-2000:]
