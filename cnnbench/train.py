@@ -88,7 +88,7 @@ def build_model(
     that size, weights loaded (model.weights, model.freeze_features); it returns logits."""
     channels = cfg.model.in_channels or input_size[0]
     model = create_model(cfg.model.name, num_classes, channels).to(device)
-    check_input_size(cfg.model.name, model, input_size, device)
+    check_input_size(cfg.model.name, model, input_size, device, cfg.transforms)
     apply_weights(model, cfg.model)  # model.weights=PATH (local file), model.freeze_features
     if cfg.device.channels_last:
         model = model.to(memory_format=torch.channels_last)

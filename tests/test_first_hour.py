@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import TINY, read_json
 from PIL import Image
 
@@ -116,3 +117,41 @@ def test_the_progress_bar_moves_by_time_long_before_log_interval_steps(tmp_path)
     moved = {int(n) for n in re.findall(r"\| (\d+)/10 \[", epoch1)}
     assert moved & set(range(1, 10)), screen[-2000:]  # shown mid-epoch, not only at 0 and 10
     assert re.search(r"\[Training\] epoch 2/2, ~0:\d\d left:", screen), screen[-2000:]
+
+
+def hints(error: str) -> list[str]:
+    """The fixes an error line suggests, each as overrides: `use transforms.normalize=...`,
+    `Resize the input with ...` and its `transforms=PRESET` alternatives."""
+    found = re.findall(r"use (transforms\.normalize=\w+)", error)
+    resize = re.search(r"Resize the input with (.+?)(, or the transforms preset.*)?\.$", error)
+    if resize:
+        found.append(resize.group(1))
+        found += re.findall(r"transforms=\w+", resize.group(2) or "")
+    return found
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        # digits are 1-channel: ImageNet's 3-value normalization first, then the 224 crop
+        ["model=lenet5", "transforms=rrc224", "transforms.resize=32"],
+        ["model=lenet5", "transforms=imagenet227", *TINY[:2]],
+    ],
+    ids=["rrc224-resize32-digits", "imagenet227-fake"],
+)
+def test_each_hint_of_an_input_error_works_when_applied(cli, args):
+    """Follow the first hint of each error until the run trains (at most 3 rounds): no hint
+    may send the user back to the same error."""
+    tiny = ["epochs=1", "device=cpu", "progress=false", "batch_size=32"]
+    errors = []
+    for _ in range(3):
+        proc = cli("train", *args, *tiny, check=False)
+        if proc.returncode == 0:
+            break
+        errors.append(proc.stderr.strip())
+        fixes = hints(errors[-1])
+        assert fixes, errors[-1]
+        assert len(errors) < 2 or errors[-1] != errors[-2], f"the hint loops: {errors[-1]}"
+        args = [*args, *fixes[0].split()]
+    assert proc.returncode == 0, errors
+    assert "[Training]" in proc.stdout and errors  # it did fail first, then train

@@ -42,7 +42,8 @@ def resolve_stats(tcfg, train_stats: Stats | Callable[[], Stats], channels: int)
 
         raise CnnbenchError(
             f"normalization has {len(mean)} mean / {len(std)} std values for {channels}-channel "
-            "images; set transforms.mean and transforms.std with one value per channel"
+            "images; use transforms.normalize=auto (this data's own statistics), or set "
+            "transforms.mean and transforms.std with one value per channel"
         )
     return mean, std
 
