@@ -136,22 +136,35 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def _comparable(cfg: Any) -> dict:
-    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    assert isinstance(data, dict)
-    data.pop("hydra", None)
-    data.pop("resume", None)
+    """A config as flat keys, without what a resume may change (resume, epochs) or Hydra's."""
+    from .flatconfig import flat_config
+
+    data = flat_config(cfg, resolve=True)
+    data.pop("epochs", None)  # resume=auto epochs=30 extends the run it means
     return data
 
 
 def latest_matching_run(cfg: Any, root: Path) -> Path:
-    """The newest run under `root` with a last.pt whose config equals `cfg` (resume=auto)."""
+    """The newest run under `root` with a last.pt whose config equals `cfg` (resume=auto),
+    `epochs` aside; when none does, the error names the newest run and how it differs."""
     want = _comparable(cfg)
-    for run in find_runs(root):
-        if (run / "last.pt").is_file() and _comparable(saved_config(run)) == want:
+    candidates = [run for run in find_runs(root) if (run / "last.pt").is_file()]
+    for run in candidates:
+        if _comparable(saved_config(run)) == want:
             return run
+    why = f"no run with a last.pt under {Path(root).resolve()}"
+    if candidates:
+        newest = _comparable(saved_config(candidates[0]))
+        keys = sorted(k for k in want.keys() | newest.keys() if want.get(k) != newest.get(k))
+        diffs = ", ".join(f"{k}={newest.get(k)} there, {want.get(k)} here" for k in keys[:3])
+        more = f" (and {len(keys) - 3} more)" if len(keys) > 3 else ""
+        why = (
+            f"none of the {len(candidates)} run(s) with a last.pt under {Path(root).resolve()} "
+            f"has this config; the newest, {candidates[0].resolve()}, differs in {diffs}{more}"
+        )
     raise CnnbenchError(
-        f"resume=auto found no run of this config with a last.pt under {Path(root).resolve()}; "
-        "start it without resume, or pass resume=RUN_DIR"
+        f"resume=auto: {why}; pass resume=RUN_DIR, or give the overrides that run was started "
+        "with (cnnbench train resume=auto ...), or start a new run without resume"
     )
 
 

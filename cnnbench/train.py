@@ -39,7 +39,14 @@ from .loggers import NullLogger, open_logger
 from .metrics import write_json, write_metrics_csv
 from .models import apply_weights, check_input_size, count_params, create_model
 from .models.summary import summary_table
-from .optim import build_optimizer, build_scheduler, is_per_step, retarget_scheduler
+from .optim import (
+    build_optimizer,
+    build_scheduler,
+    fresh_schedule_hint,
+    is_per_step,
+    retarget_scheduler,
+    schedule_ended,
+)
 from .plots import CurvesWriter
 from .sweep import parallel_jobs
 
@@ -183,9 +190,18 @@ def train_step(cfg: Any, state: TrainState, precision: Precision, device: torch.
 
 
 def resume(state: TrainState, cfg: Any, out_dir: Path, loader: TensorLoader, world: int) -> None:
-    """Continue from out_dir/last.pt; `resume=DIR epochs=N` re-aims the schedule at epoch N."""
+    """Continue from out_dir/last.pt; `resume=DIR epochs=N` re-aims the schedule at epoch N.
+    A run that already finished (results.json) with nothing left to train is refused."""
     state.load(out_dir / "last.pt")
-    retargeted = retarget_scheduler(state.scheduler, cfg.epochs, len(loader))
+    finished = state.epoch >= cfg.epochs and (out_dir / "results.json").exists()
+    if state.partial is None and (finished or state.epoch > cfg.epochs):
+        more = f"cnnbench train resume={out_dir} epochs=N (N > {state.epoch}) to train it longer"
+        raise CnnbenchError(
+            f"{out_dir} already trained {state.epoch} epochs (epochs={cfg.epochs} asked): "
+            "nothing to resume; "
+            + (fresh_schedule_hint(str(out_dir)) if schedule_ended(state.scheduler) else more)
+        )
+    retargeted = retarget_scheduler(state.scheduler, cfg.epochs, len(loader), str(out_dir))
     stopped, epoch = state.partial, state.epoch + 1
     if stopped is not None and stopped.get("world", 1) != world:
         log.warning(
@@ -333,7 +349,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     validate = partial(evaluate, eval_net, autocast=step.autocast, progress=show, dist=ddp)
     logger = open_logger(cfg.logger, out_dir, cfg) if main else NullLogger()  # logger=...
     writers = (CurvesWriter(out_dir / "curves.png") if main else None, logger)
-    throughput = [0, 0.0]  # images trained, seconds
+    throughput = [0, 0.0]  # images trained, seconds (this session)
+    earlier = sum(row["seconds"] for row in state.metrics)  # epochs of earlier sessions (resume)
     interrupt.set_quiet(not main)
     interrupt.arm()  # Ctrl-C/SIGTERM from here on: finish the step, save last.pt, exit
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -383,8 +400,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         best_epoch=state.best_epoch,
         best_val_loss=state.best_val_loss,
         epochs=cfg.epochs,
-        wall_seconds=time.perf_counter() - wall_start,
-        train_images_per_sec=images / seconds if seconds > 0 else 0.0,
+        wall_seconds=time.perf_counter() - wall_start + earlier,
+        train_images_per_sec=images / seconds if seconds > 0 else None,  # None: test only
         params=count_params(model),
         model=cfg.model.name,
         dataset=cfg.dataset.name,

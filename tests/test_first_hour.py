@@ -155,3 +155,37 @@ def test_each_hint_of_an_input_error_works_when_applied(cli, args):
         args = [*args, *fixes[0].split()]
     assert proc.returncode == 0, errors
     assert "[Training]" in proc.stdout and errors  # it did fail first, then train
+
+
+def test_extending_a_finished_cosine_run_is_refused_with_a_way_forward_that_works(cli, tmp_path):
+    """resume=auto epochs=3 finds the run (epochs aside), refuses to train at lr 0, and the
+    command it names trains a new run from the weights with a fresh schedule."""
+    cli("train", *TINY)  # cosine over 2 epochs, into outputs/DATE/TIME
+    (run,) = (tmp_path / "outputs").glob("*/*")
+    err = cli("train", "resume=auto", *TINY, "epochs=3", check=False).stderr
+    assert f"the cosine schedule of {run} ended at epoch 2 (lr = min_lr)" in err
+    command = re.search(r"cnnbench rerun (\S+) (\S+) epochs=N", err)
+    assert command and command.group(1) == str(run)
+    cli("rerun", command.group(1), command.group(2), "epochs=1", "hydra.run.dir=more")
+    rows = (tmp_path / "more" / "metrics.csv").read_text().splitlines()
+    assert rows[1].split(",")[5] == "0.001"  # epoch 1 at optimizer.lr again, not min_lr
+
+    err = cli("train", "resume=auto", *TINY, "seed=5", check=False).stderr
+    assert f"the newest, {run}, differs in seed=0 there, 5 here" in err
+
+
+def test_resume_with_nothing_left_to_train(cli, tmp_path):
+    """A finished run is not re-tested and rewritten; one killed during its final test (no
+    results.json) gets its test, with the run's training time kept in wall_seconds."""
+    cli("train", *TINY, "scheduler=step", "hydra.run.dir=run")
+    err = cli("train", "resume=run", check=False).stderr
+    assert f"{tmp_path / 'run'} already trained 2 epochs (epochs=2 asked): nothing to resume" in err
+    assert f"cnnbench train resume={tmp_path / 'run'} epochs=N (N > 2)" in err
+    first = read_json(tmp_path / "run" / "results.json")
+    (tmp_path / "run" / "results.json").unlink()
+    cli("train", "resume=run")
+    again = read_json(tmp_path / "run" / "results.json")
+    assert again["test_top1"] == first["test_top1"] and again["train_images_per_sec"] is None
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
+    epochs = sum(float(r.split(",")[6]) for r in rows)
+    assert again["wall_seconds"] >= epochs

@@ -93,7 +93,7 @@ def hydra_args(args: list[str]) -> Launch:
         raise CnnbenchError("resume= continues one run; it cannot be combined with -m or flags")
     if resume == "auto":
         run_dir = latest_matching_run(compose_checked(rest), Path("outputs"))
-        rest = []  # its saved config equals these overrides (group picks included)
+        rest = [a for a in rest if a.startswith("epochs=")]  # the rest is its saved config
     else:
         run_dir = Path(resume).expanduser().resolve()
         if not run_dir.is_dir():
