@@ -48,6 +48,7 @@ from .optim import (
     schedule_ended,
 )
 from .plots import CurvesWriter
+from .preflight import warn_if_hopeless
 from .sweep import parallel_jobs
 
 log = logging.getLogger("cnnbench")
@@ -335,6 +336,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         table = summary_table(model, data.input_size, device)
         print(table, flush=True)
         atomic_write_text(out_dir / "summary.txt", table)
+        warn_if_hopeless(cfg, count_params(model), data, device)  # e.g. VGG-16 on 8x8 digits
     precision = choose_precision(cfg, device, model, data, ddp)
     net, eval_net = wrap_model(model, cfg, device, ddp)
     loaders = build_loaders(cfg, data, device, ddp)

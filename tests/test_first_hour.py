@@ -189,3 +189,42 @@ def test_resume_with_nothing_left_to_train(cli, tmp_path):
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
     epochs = sum(float(r.split(",")[6]) for r in rows)
     assert again["wall_seconds"] >= epochs
+
+
+def test_a_hopeless_run_is_named_before_training_with_its_cost_and_models_that_fit(cli):
+    """fastnet (295k parameters) on 74 images stored at 8x8 and resized to 40x40."""
+    args = [*TINY, "epochs=1", "model=fastnet", "dataset.image_size=8", "transforms.resize=40"]
+    out = cli("train", *args).stdout
+    warning = next(line for line in out.splitlines() if "unlikely to learn" in line)
+    assert warning.startswith("this run is unlikely to learn: fastnet has 295,480 parameters")
+    assert "its 40x40 input is 8x8 images upscaled 5x" in warning
+    assert re.search(r"Estimated ~\d+ s per epoch, ~\d+ s for 1 epochs on cpu", warning)
+    assert "Models sized for this data: model=lenet5 (`cnnbench models`" in warning
+    assert out.index("unlikely to learn") < out.index("[Training]")
+
+
+def test_the_estimate_for_vgg16_on_the_digits(monkeypatch):
+    """The issue's run: 134M parameters on 1,374 digits, ~30 min on CPU in its report."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from cnnbench.preflight import hopeless_run_warning
+
+    cfg = SimpleNamespace(
+        model=SimpleNamespace(name="vgg16"),
+        dataset=SimpleNamespace(name="digits"),
+        batch_size=32,
+        epochs=20,
+    )
+    splits = SimpleNamespace(train=range(1374), input_size=(1, 32, 32))
+    data = SimpleNamespace(splits=splits, input_size=(1, 32, 32), num_classes=10)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    warning = hopeless_run_warning(cfg, 134_300_362, data, torch.device("cpu"))
+    assert "(97,744 per image; more than 1,000 rarely learns)" in warning
+    assert "upscaled" not in warning  # 8x8 -> 32x32 is 4x: the default run's own size
+    # 2.59 GFLOP x 1,374 images at 2 x 30 GFLOP/s, plus 43 Adam steps over 134M parameters
+    assert "Estimated ~75 s per epoch, ~25 min for 20 epochs on cpu (2.59 GFLOP" in warning
+    assert "model=lenet5, model=fastnet" in warning
+    lenet = SimpleNamespace(**{**vars(cfg), "model": SimpleNamespace(name="lenet5")})
+    assert hopeless_run_warning(lenet, 61_706, data, torch.device("cpu")) is None
