@@ -19,6 +19,7 @@ from .errors import CnnbenchError
 
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
 PRIMARY_NAME = "saved_run"
+OVERRIDES, HISTORY = "overrides.yaml", "overrides_history.yaml"  # in a run's .hydra/
 
 
 def saved_config(run_dir: Path) -> Any:
@@ -282,9 +283,47 @@ class SavedConfig:
     last: tuple[int, int] | None  # last.pt's identity when they were kept
 
 
-def remember_saved_config(run_dir: Path) -> SavedConfig:
-    """Keep `run_dir`'s saved config (before Hydra rewrites it) for `saved_config_guard`."""
+def _write_yaml(path: Path, data: Any) -> None:
+    import yaml
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def record_session(run_dir: Path, overrides: Sequence[str]) -> None:
+    """Keep every session's overrides: `.hydra/overrides_history.yaml` lists them (the run's
+    first, then each resume's), and after a resume `.hydra/overrides.yaml`, which Hydra
+    rewrites with the resume's overrides, holds the run's own again: all sessions'
+    overrides, later values winning, without `resume=`."""
+    import yaml
+
     hydra_dir = Path(run_dir) / SAVED_CONFIG.parent
+    path = hydra_dir / HISTORY
+    history = (yaml.safe_load(path.read_text()) if path.is_file() else None) or []
+    history.append(list(overrides))
+    _write_yaml(path, history)
+    merged: dict[str, str] = {}
+    for session in history:
+        for item in session:
+            key = str(item).split("=", 1)[0].lstrip("+~")
+            merged.pop(key, None)  # a later value moves to the end
+            merged[key] = str(item)
+    merged.pop("resume", None)
+    if list(merged.values()) != list(overrides):
+        _write_yaml(hydra_dir / OVERRIDES, list(merged.values()))
+
+
+def remember_saved_config(run_dir: Path) -> SavedConfig:
+    """Keep `run_dir`'s saved config (before Hydra rewrites it) for `saved_config_guard`;
+    a run from before overrides_history.yaml gets one, from its overrides.yaml."""
+    import yaml
+
+    hydra_dir = Path(run_dir) / SAVED_CONFIG.parent
+    if (hydra_dir / OVERRIDES).is_file() and not (hydra_dir / HISTORY).is_file():
+        _write_yaml(
+            hydra_dir / HISTORY, [yaml.safe_load((hydra_dir / OVERRIDES).read_text()) or []]
+        )
     files = {p: p.read_bytes() for p in hydra_dir.glob("*.yaml")}
     return SavedConfig(Path(run_dir), files, _last_pt_stamp(run_dir))
 

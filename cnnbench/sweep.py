@@ -15,7 +15,8 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,43 @@ def _failed_objective(hydra_cfg: Any) -> float:
     return -math.inf if str(direction).endswith("maximize") else math.inf
 
 
+def write_failure(out_dir: Path, err: Exception) -> str:
+    """`error.txt` in a failed run's dir: the message (and a traceback for a crash, not for
+    a CnnbenchError); returns the message. `cnnbench report` shows the run as failed."""
+    from .checkpoint import atomic_write_text
+
+    if isinstance(err, CnnbenchError):
+        message, detail = str(err), ""
+    else:
+        message, detail = f"{err.__class__.__name__}: {err}", "\n" + traceback.format_exc()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / ERROR_FILE, message + "\n" + detail)
+    return message
+
+
+@contextmanager
+def failure_recorded(out_dir: Path, resumed: bool) -> Iterator[None]:
+    """A run outside a sweep records its failure as a sweep job does (`write_failure`).
+
+    A resume that fails before it changed last.pt (refused, or the wrong model) leaves the
+    run's record as it was; one that trained replaces an older error.txt (and removes it
+    when stopped with Ctrl-C, or finished: the run is resumable or done, not failed).
+    """
+    from .runs import _last_pt_stamp
+
+    before = _last_pt_stamp(out_dir)
+    try:
+        yield
+    except BaseException as err:
+        changed = _last_pt_stamp(out_dir) != before
+        if changed:
+            (out_dir / ERROR_FILE).unlink(missing_ok=True)
+        if isinstance(err, Exception) and (changed or not resumed):
+            write_failure(out_dir, err)
+        raise
+    (out_dir / ERROR_FILE).unlink(missing_ok=True)
+
+
 def run_sweep_job(train_fn: Callable[[Any, Path], dict], cfg: Any, out_dir: Path) -> float:
     """Run one sweep job; on failure write `error.txt`, log one line and return +-inf.
 
@@ -191,18 +229,11 @@ def run_sweep_job(train_fn: Callable[[Any, Path], dict], cfg: Any, out_dir: Path
     """
     from hydra.core.hydra_config import HydraConfig
 
-    from .checkpoint import atomic_write_text
-
     hc = HydraConfig.get()
     try:
         return float(train_fn(cfg, out_dir)["best_val_loss"])
     except Exception as err:
-        if isinstance(err, CnnbenchError):
-            message, detail = str(err), ""
-        else:
-            message, detail = f"{err.__class__.__name__}: {err}", "\n" + traceback.format_exc()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / ERROR_FILE, message + "\n" + detail)
+        message = write_failure(out_dir, err)
         log.error(f"job #{hc.job.num} failed (the sweep goes on): {message}")
         return _failed_objective(hc)
 

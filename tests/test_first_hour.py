@@ -228,3 +228,40 @@ def test_the_estimate_for_vgg16_on_the_digits(monkeypatch):
     assert "model=lenet5, model=fastnet" in warning
     lenet = SimpleNamespace(**{**vars(cfg), "model": SimpleNamespace(name="lenet5")})
     assert hopeless_run_warning(lenet, 61_706, data, torch.device("cpu")) is None
+
+
+def test_run_records_stay_truthful_across_resumes_failures_and_reports(cli, tmp_path, monkeypatch):
+    """overrides.yaml stays the run's own after a resume (the sessions in
+    overrides_history.yaml); a failed run outside a sweep says so in report; the report
+    fills each column and names each curve."""
+    import yaml
+
+    runs = tmp_path / "runs"
+    cli("train", *TINY, "epochs=1", "seed=3", "scheduler=step", "hydra.run.dir=runs/a")
+    cli("train", "resume=runs/a", "epochs=2")
+    hydra_dir = runs / "a" / ".hydra"
+    own = yaml.safe_load((hydra_dir / "overrides.yaml").read_text())
+    assert own == [*[t for t in TINY if t != "epochs=2"], "seed=3", "scheduler=step", "epochs=2"]
+    history = yaml.safe_load((hydra_dir / "overrides_history.yaml").read_text())
+    assert history[0] == [*TINY, "epochs=1", "seed=3", "scheduler=step"]
+    assert history[1] == ["epochs=2", f"resume='{runs / 'a'}'"]
+
+    bad = ["model=lenet5", *TINY, "dataset.image_size=16", "hydra.run.dir=runs/bad"]
+    assert cli("train", *bad, check=False).returncode == 1  # 16x16 images for LeNet-5
+    assert "cannot take 3x16x16 images" in (runs / "bad" / "error.txt").read_text()
+
+    from cnnbench.commands import report
+
+    curves = {}
+    monkeypatch.setattr(report, "write_sweep_curves", lambda path, runs: curves.update(runs))
+    table = report.report(runs)
+    header, _, row_a, row_bad = table.splitlines()[-4:]
+    assert header.count("| epochs |") == 1 and "| model |" not in header  # lenet5 in both
+    assert header.startswith("| job | seed | scheduler | dataset.image_size | params |")
+    assert row_a.startswith("| a | 3 | step | 32 |") and "| ok |" in row_a  # defaults filled in
+    assert row_bad.startswith("| bad | 0 | cosine | 16 |")
+    assert "| failed | model 'lenet5' cannot take 3x16x16 images" in row_bad
+    assert sorted(curves) == [
+        "#a seed=3 scheduler=step dataset.image_size=32",
+        "#bad seed=0 scheduler=cosine dataset.image_size=16",
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from ..runs import (
     planned_run_dir,
     primary_from_saved,
     quote,
+    record_session,
     remember_saved_config,
     saved_config_guard,
     split_override,
@@ -39,6 +41,7 @@ from ..sweep import (
     Sweep,
     check_plugins,
     check_sweep,
+    failure_recorded,
     fix_sweep_dir,
     is_multirun,
     report_sweep,
@@ -55,11 +58,16 @@ def main(cfg: DictConfig) -> float:
     """Hydra entrypoint behind `cnnbench train`; returns the best val loss (a sweeper's objective)."""
     from ..train import train  # torch: only once a run starts (not for --help, errors, --cfg)
 
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failing job is recorded, the sweep goes on
+    hc = HydraConfig.get()
+    out_dir, writer = Path(hc.runtime.output_dir), hc.output_subdir is not None  # DDP rank 0
+    if writer:  # .hydra/: keep each session's overrides (resume)
+        record_session(out_dir, hc.overrides.task)
+    if hc.mode == RunMode.MULTIRUN:  # a failing job is recorded, the sweep goes on
         return run_sweep_job(train, cfg, out_dir)
     oom_hint = out_of_memory_hint(cfg.batch_size, out_dir)
-    with user_errors(), interrupt.graceful_stop(), oom_hint:
+    # A failed run gets error.txt, as a failed sweep job does.
+    failure = failure_recorded(out_dir, bool(cfg.resume)) if writer else nullcontext()
+    with user_errors(), failure, interrupt.graceful_stop(), oom_hint:
         return train(cfg, out_dir)["best_val_loss"]
 
 
