@@ -398,7 +398,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     results = dict(
         test_loss=te.loss,
         test_top1=te.top1,
-        test_top5=te.top5,
+        test_top5=te.top5 if splits.num_classes > 5 else None,  # top-5 of <= 5 classes: 1
         best_epoch=state.best_epoch,
         best_val_loss=state.best_val_loss,
         epochs=cfg.epochs,
@@ -415,9 +415,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     )
     if main:
         write_json(out_dir / "results.json", results)
+    top5 = f", top-5 {te.top5:.4f}" if splits.num_classes > 5 else ""  # else always 1
     log.info(
-        f"test (best epoch {state.best_epoch}): loss {te.loss:.4f}, top-1 {te.top1:.4f}, "
-        f"top-5 {te.top5:.4f}; run dir: {out_dir}"
+        f"test (best epoch {state.best_epoch}): loss {te.loss:.4f}, top-1 {te.top1:.4f}"
+        f"{top5}; run dir: {out_dir}"
     )
     return results
 

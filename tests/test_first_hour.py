@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, read_json
+from conftest import TINY, read_json, run_cnnbench
 from PIL import Image
 
 
@@ -22,19 +22,93 @@ def write_folder(root: Path, classes=("cat", "dog"), n: int = 12, size: int = 32
     return root
 
 
-def test_tilde_and_odd_characters_in_path_values_work_unquoted(cli, tmp_path):
-    """`dataset.root=~/pets` as the README types it (the shell leaves `~` after `=` alone):
-    expanded, and a run dir with `=`, spaces and parentheses is taken as it is."""
-    home = tmp_path / "home"
+@pytest.fixture(scope="module")
+def pets(tmp_path_factory):
+    """A run on ~/pets (cats and dogs) as the README types it, with HOME in a temp dir:
+    (home, run dir, the run's stdout)."""
+    home = tmp_path_factory.mktemp("home")
     write_folder(home / "pets")
-    env = {"HOME": str(home), "CNNBENCH_CACHE": str(tmp_path / "cache")}
-    tiny = ["epochs=1", "batch_size=8", "device=cpu", "progress=false"]
-    run = "hydra.run.dir=~/runs/lr=0.1 (copy)"
-    cli("train", "dataset=folder", "dataset.root=~/pets", run, *tiny, env=env)
-    results = read_json(home / "runs" / "lr=0.1 (copy)" / "results.json")
-    assert results["classes"] == ["cat", "dog"]
-    saved = (home / "runs" / "lr=0.1 (copy)" / ".hydra" / "config.yaml").read_text()
+    env = {"HOME": str(home), "CNNBENCH_CACHE": str(home / "cache")}
+    tiny = ["epochs=2", "batch_size=8", "device=cpu", "progress=false"]
+    run = "hydra.run.dir=~/runs/lr=0.1 (copy)"  # '=', a space and parentheses, unquoted
+    proc = run_cnnbench(
+        "train", "dataset=folder", "dataset.root=~/pets", run, *tiny, cwd=home, env=env
+    )
+    return home, home / "runs" / "lr=0.1 (copy)", proc.stdout
+
+
+def test_tilde_and_odd_characters_in_path_values_work_unquoted(pets):
+    """`dataset.root=~/pets` (the shell leaves `~` after `=` alone) is expanded, and a run dir
+    with `=`, spaces and parentheses is taken as it is."""
+    home, run_dir, _ = pets
+    assert read_json(run_dir / "results.json")["classes"] == ["cat", "dog"]
+    saved = (run_dir / ".hydra" / "config.yaml").read_text()
     assert f"root: {home / 'pets'}" in saved
+
+
+def test_a_two_class_run_reads_plainly(pets):
+    """No top-5 for 2 classes (it is always 1), the level once per train.log line, and the
+    precision line says why it chose fp32."""
+    _, run_dir, out = pets
+    assert read_json(run_dir / "results.json")["test_top5"] is None
+    assert "top-5" not in out and re.search(
+        r"test \(best epoch \d\): loss [\d.]+, top-1 [\d.]+;", out
+    )
+    log = (run_dir / "train.log").read_text()
+    assert "][INFO] val_loss has been improved from inf to" in log and "[INFO] [INFO]" not in log
+    assert "[INFO] val_loss has been improved from inf to" in out  # the seeds' line on screen
+    assert re.search(r"precision auto: fp32 \((run too small|this CPU has no native bf16)", out)
+
+
+def test_figures_and_predictions_name_what_they_show(pets, monkeypatch, tmp_path):
+    """curves.png and confusion_matrix.png carry the run's name (the best epoch marked);
+    predict lists img2 before img10 and shows each image's folder in the grid."""
+    from cnnbench import plots
+    from cnnbench.commands import eval as eval_cmd
+    from cnnbench.commands import predict as predict_cmd
+
+    home, run_dir, _ = pets
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path, **kw: figures.update({path.name: fig}))
+    rows = [
+        dict(epoch=e, train_loss=1, train_acc=0, val_loss=v, val_acc=0)
+        for e, v in [(1, 2.0), (2, 1.0), (3, 1.5)]
+    ]
+    plots.CurvesWriter(run_dir / "curves.png").refresh(rows, final=True)
+    assert (
+        figures["curves.png"]._suptitle.get_text() == "runs/lr=0.1 (copy): best epoch 2 (best.pt)"
+    )
+    best_line = figures["curves.png"].axes[0].lines[0]
+    assert list(best_line.get_xdata()) == [2, 2] and best_line.get_label() == "best epoch 2"
+
+    matrices = {}
+    monkeypatch.setattr(eval_cmd, "write_confusion_matrix", lambda *a: matrices.update(title=a[3]))
+    eval_cmd.evaluate_run(
+        run_dir, "test", ["device=cpu", f"dataset.cache_dir={home / 'cache'}"], tmp_path / "eval"
+    )
+    assert re.fullmatch(
+        r"runs/lr=0\.1 \(copy\): test, top-1 [\d.]+ \(epoch \d\)", matrices["title"]
+    )
+
+    photos = tmp_path / "photos"
+    for folder, name in [
+        ("b", "img10.jpg"),
+        ("b", "img2.jpg"),
+        ("a", "0000.jpg"),
+        ("c", "0000.jpg"),
+    ]:
+        (photos / folder).mkdir(parents=True, exist_ok=True)
+        (photos / folder / name).write_bytes(
+            next((home / "pets" / "cat").glob("*.jpg")).read_bytes()
+        )
+    grids = {}
+    monkeypatch.setattr(
+        predict_cmd, "write_image_grid", lambda path, thumbs, titles: grids.update(titles=titles)
+    )
+    result = predict_cmd.predict(run_dir, [photos], tmp_path / "pred", device_name="cpu")
+    names = [Path(r["path"]).relative_to(photos).as_posix() for r in result["rows"]]
+    assert names == ["a/0000.jpg", "b/img2.jpg", "b/img10.jpg", "c/0000.jpg"]
+    assert [t.split("\n")[0] for t in grids["titles"]] == names
 
 
 def test_a_value_hydra_cannot_parse_says_how_to_quote_it_and_the_quoted_form_works(cli):
