@@ -69,8 +69,11 @@ def check_plugins(args: list[str]) -> None:
             )
 
 
-def check_sweep(args: list[str], config_name: str = "train", config_dir: str | None = None) -> None:
-    """Compose each value of each swept key once (the others at their first value).
+def check_sweep(
+    args: list[str], config_name: str = "train", config_dir: str | None = None
+) -> list[str]:
+    """Compose each value of each swept key once (the others at their first value); returns
+    the first job's overrides.
 
     Raises one CnnbenchError naming the first bad value. Sweeps a sweeper plugin expands
     itself (interval(), glob()) are left to it. Flags other than -m (--cfg, --help, ...) are
@@ -82,7 +85,7 @@ def check_sweep(args: list[str], config_name: str = "train", config_dir: str | N
 
     overrides = [a for a in args if a not in MULTIRUN_FLAGS]
     if any(a.startswith("-") for a in overrides):
-        return
+        return overrides
     check_plugins(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -116,6 +119,23 @@ def check_sweep(args: list[str], config_name: str = "train", config_dir: str | N
             selection[position] = value
             compose_one(selection, f"sweep value {value!r}")
         position += 1 if values else 0
+    return base
+
+
+CFG_FLAGS = {"--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--resolve": 0}  # flag: values
+
+
+def first_job_cfg(args: list[str]) -> list[str] | None:
+    """`-m ... --cfg job` (which Hydra refuses): check the whole sweep, then Hydra's
+    arguments that print the first job's config. None without --cfg/-c."""
+    if not any(a in ("--cfg", "-c") for a in args):
+        return None
+    flags, rest, i = [], [], 0
+    while i < len(args):
+        width = CFG_FLAGS.get(args[i], -1) + 1
+        (flags if width else rest).extend(args[i : i + max(width, 1)])
+        i += max(width, 1)
+    return [*check_sweep(rest), *flags]
 
 
 @dataclass(frozen=True)

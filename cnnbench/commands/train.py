@@ -42,6 +42,7 @@ from ..sweep import (
     check_plugins,
     check_sweep,
     failure_recorded,
+    first_job_cfg,
     fix_sweep_dir,
     is_multirun,
     report_sweep,
@@ -91,6 +92,8 @@ def hydra_args(args: list[str]) -> Launch:
     check_plugins(args)
     if resume in (None, "", "null"):
         if is_multirun(args):  # each swept value composed once, before any job
+            if first_job_cfg(args) is not None:  # -m --cfg job: the first job's config
+                return Launch(first_job_cfg(args))
             check_sweep(args)
             return Launch(*fix_sweep_dir(args))
         elif not any(a.startswith("-") for a in args):  # not --help/--cfg: validate first
