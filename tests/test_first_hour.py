@@ -339,3 +339,10 @@ def test_run_records_stay_truthful_across_resumes_failures_and_reports(cli, tmp_
         "#a seed=3 scheduler=step dataset.image_size=32",
         "#bad seed=0 scheduler=cosine dataset.image_size=16",
     ]
+
+
+def test_a_finished_sweep_says_where_it_is_and_how_to_compare_it(cli, tmp_path):
+    """The last line of a sweep with no failed job: its dir and the report command."""
+    out = cli("train", "-m", *TINY, "epochs=1", "seed=0,1", "hydra.sweep.dir=sweep").stdout
+    assert "sweep: 2 jobs in sweep; leaderboard: cnnbench report sweep" in out
+    assert (tmp_path / "sweep" / "1" / "results.json").is_file()
