@@ -50,6 +50,21 @@ def test_commands_without_a_model_do_not_import_torch(args, tmp_path):
     assert last == "IMPORTED", (last, proc.stderr[-2000:])
 
 
+def test_the_pre_run_modules_import_without_torch(tmp_path):
+    modules = ["config", "runs", "sweep", "zoo", "completion", "commands.args", "commands.train"]
+    code = "import sys\n" + "".join(f"import cnnbench.{m}\n" for m in modules)
+    code += f"print('IMPORTED', *sorted(m for m in {HEAVY} if m in sys.modules))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.strip() == "IMPORTED", proc.stderr[-2000:]
+
+
 def test_the_zoo_table_is_the_registry():
     """cnnbench/zoo.py restates the registry (so `cnnbench models` needs no torch): a model
     added to the registry, or changed, must be updated there too."""
