@@ -19,7 +19,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "models": (
         "cnnbench.commands.models",
-        "list the model zoo: name, parameters, input size, source",
+        "list the models: name, parameters, input size, source (--all: torchvision's too)",
+    ),
+    "plan": (
+        "cnnbench.commands.plan",
+        "estimate a run's time and memory: cnnbench plan [overrides...]",
     ),
     "summary": (
         "cnnbench.commands.summary",

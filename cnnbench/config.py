@@ -1,11 +1,13 @@
 """Structured config schemas, registered with Hydra's ConfigStore: every key and default, once.
 
-Each option of the dataset, optimizer, scheduler, device and logger groups is its own
+Each option of the model, dataset, optimizer, scheduler, device and logger groups is its own
 dataclass, registered in the ConfigStore as that group's option (`dataset=folder` is
 `FolderDataset`): a key the chosen option does not use (`scheduler=step
 scheduler.pct_start=0.5`) stops the run before any work with one message naming that
-option's keys. Model and transforms options are presets: YAML files under ``configs/`` that
-only pick values of one schema (`ModelConfig`, `TransformsConfig`); so do the recipes.
+option's keys. The model options come from the model catalog (`models/catalog.py`: every
+zoo and torchvision model by name, read without importing torch), plus `model=timm`.
+Transforms options are presets: YAML files under ``configs/`` that only pick values of one
+schema (`TransformsConfig`); so do the recipes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from .errors import CnnbenchError
+from .models.catalog import TIMM, TIMM_PREFIX, catalog_names
 
 
 class DeviceName(Enum):
@@ -46,12 +49,28 @@ class Normalize(Enum):
     none = "none"
 
 
+class CacheMode(Enum):
+    auto = "auto"  # in memory up to max_memory_mb, else the memory-mapped cache on disk
+    memory = "memory"  # in memory, whatever the size
+    disk = "disk"  # the memory-mapped cache on disk, whatever the size
+    off = "off"  # no decoded cache for folders over max_memory_mb: decoded every epoch
+
+
+class AutoAugmentPolicy(Enum):
+    none = "none"
+    trivial = "trivial"  # TrivialAugmentWide
+    rand = "rand"  # RandAugment (transforms.rand_ops, transforms.rand_magnitude)
+    cifar10 = "cifar10"  # AutoAugment's learned policies
+    imagenet = "imagenet"
+    svhn = "svhn"
+
+
 class Anneal(Enum):
     cos = "cos"
     linear = "linear"
 
 
-# ---- model and transforms: one schema each, options are YAML presets of values
+# ---- models: every catalog name is an option of ModelConfig; timm adds `arch`
 
 
 @dataclass
@@ -60,7 +79,24 @@ class ModelConfig:
     num_classes: int | None = None  # None: from the dataset
     in_channels: int | None = None  # None: from the dataset
     weights: str | None = None  # local state_dict to load (no downloads at run time)
-    freeze_features: bool = False
+    freeze_features: bool = False  # train only the classifier head
+
+
+@dataclass
+class TimmModelConfig(ModelConfig):
+    """Any timm architecture (pip install 'cnnbench[timm]'); the run's model is timm/<arch>."""
+
+    name: str = TIMM_PREFIX + "${.arch}"
+    arch: str = MISSING  # a timm.list_models() name, e.g. resnet50, convnext_nano
+
+
+MODELS: dict[str, ModelConfig] = {
+    **{name: ModelConfig(name=name) for name in catalog_names()},
+    TIMM: TimmModelConfig(),
+}
+
+
+# ---- transforms: one schema, options are YAML presets of values
 
 
 @dataclass
@@ -74,6 +110,15 @@ class TransformsConfig:
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     hflip: bool = False  # train: random horizontal flip
+    # train, per image, after the crops and flips (uint8, torchvision's ops and bins):
+    auto_augment: AutoAugmentPolicy = AutoAugmentPolicy.none
+    rand_ops: int = 2  # auto_augment=rand: ops per image (RandAugment's num_ops)
+    rand_magnitude: int = 9  # auto_augment=rand: magnitude bin, 0..30
+    color_jitter: float = 0.0  # brightness/contrast/saturation factors in [1 - s, 1 + s]
+    erasing: float = 0.0  # RandomErasing's probability (scale 0.02-0.33, ratio 0.3-3.3)
+    # train, per batch: MixUp's / CutMix's Beta(alpha, alpha); 0 is off, both: one per batch
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
     normalize: Normalize = Normalize.auto
     mean: list[float] | None = None  # explicit statistics win over `normalize`
     std: list[float] | None = None
@@ -94,6 +139,11 @@ class DatasetConfig:
     image_size: int | None = None
     # Decoded folders and statistics; None: $CNNBENCH_CACHE, else $XDG_CACHE_HOME/cnnbench.
     cache_dir: str | None = None
+    # k-fold cross-validation (sets without their own validation split): validation is fold
+    # `fold` (0..folds-1) of the non-test data, stratified by class and seeded by split_seed;
+    # training is the other folds; the test split stays fixed. None: val_split.
+    folds: int | None = None
+    fold: int | None = None
 
 
 @dataclass
@@ -134,13 +184,31 @@ class TorchvisionDataset(DatasetConfig):
 
 
 @dataclass
-class FolderDataset(OwnSplitsDataset):
+class FilesDataset(OwnSplitsDataset):
+    """Image files of your own, checked by one scan (folder, csv)."""
+
+    max_memory_mb: int = 2048  # decode into memory up to this size (dataset.cache=auto)
+    # Where the decoded pixels live while training: auto (memory up to max_memory_mb, else a
+    # memory-mapped file in cache_dir), memory, disk, off (larger sets: re-decoded each epoch).
+    cache: CacheMode = CacheMode.auto
+
+
+@dataclass
+class FolderDataset(FilesDataset):
     """Your images: root/<class>/<image>, or root/train|val|test/<class>/<image>."""
 
     name: str = "folder"
     root: str = "data"
     max_per_class: int | None = None  # use at most this many files per class (seeded pick)
-    max_memory_mb: int = 2048  # decode into memory up to this size, else stream from disk
+
+
+@dataclass
+class CsvDataset(FilesDataset):
+    """Your images listed in a CSV: columns path,label and an optional split (train/val/test)."""
+
+    name: str = "csv"
+    csv: str = "labels.csv"
+    root: str | None = None  # the folder the paths are relative to; None: the CSV's folder
 
 
 @dataclass
@@ -172,6 +240,7 @@ DATASETS: dict[str, DatasetConfig] = {
     "mnist": MnistDataset(),
     "fashion_mnist": FashionMnistDataset(),
     "folder": FolderDataset(),
+    "csv": CsvDataset(),
 }
 
 
@@ -293,6 +362,7 @@ LOGGERS: dict[str, LoggerConfig] = {
 
 # Groups whose options are schemas registered here (the others are YAML presets in configs/).
 REGISTERED_GROUPS: dict[str, dict[str, Any]] = {
+    "model": MODELS,
     "dataset": DATASETS,
     "optimizer": OPTIMIZERS,
     "scheduler": SCHEDULERS,
@@ -315,7 +385,7 @@ def group_options(group: str) -> list[str]:
 
 @dataclass
 class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     scheduler: SchedulerConfig = MISSING
@@ -333,6 +403,14 @@ class TrainConfig:
     log_interval: int = 50  # steps between host syncs for the progress bar
     resume: str | None = None  # RUN_DIR or auto: continue that run from its last.pt
     progress: bool = True  # tqdm bars (hidden anyway when stderr is not a terminal)
+    # Debug runs: batches per epoch of each split, a count (>= 1) or a fraction (< 1) of its
+    # batches; None: all (recipe=debug: 1 epoch, 2 batches each).
+    limit_train_batches: float | None = None
+    limit_val_batches: float | None = None
+    limit_test_batches: float | None = None
+    # Train and validate on the same N training batches, without augmentation: the loss must
+    # reach ~0 (a model or setup that cannot is broken). None: off.
+    overfit_batches: int | None = None
 
 
 # Keys whose values are file system paths: typed unquoted, `~` and all (runs.path_overrides).
@@ -368,6 +446,7 @@ def check_values(cfg: Any) -> None:
     """Reject values that have the right type but make no sense, before any work is done."""
     problems = [f"unknown key(s) {', '.join(extra)}" for extra in [unknown_keys(cfg)] if extra]
     problems += _top_level_problems(cfg)
+    problems += _model_problems(cfg.model)
     problems += _dataset_problems(cfg.dataset) + _transforms_problems(cfg.transforms)
     problems += _optimizer_problems(cfg.optimizer)
     if cfg.device.threads is not None and cfg.device.threads < 1:
@@ -388,6 +467,14 @@ def _top_level_problems(cfg: Any) -> list[str]:
         problems.append(f"num_workers must be 'auto' or a count >= 0 (got {cfg.num_workers!r})")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         problems.append(f"label_smoothing must be in [0, 1) (got {cfg.label_smoothing})")
+    for split in ("train", "val", "test"):
+        value = cfg[f"limit_{split}_batches"]
+        if value is not None and not (0 < value < 1 or (value >= 1 and value == int(value))):
+            problems.append(
+                f"limit_{split}_batches must be a count of batches (1, 2, ...) or a fraction "
+                f"in (0, 1), or null for all (got {value})"
+            )
+    problems += _at_least(cfg.overfit_batches, 1, "overfit_batches")
     return problems
 
 
@@ -408,6 +495,21 @@ def _optimizer_problems(opt: Any) -> list[str]:
     return problems
 
 
+def _model_problems(model: Any) -> list[str]:
+    """model=timm: an architecture is named and timm is installed (checked without importing)."""
+    if "arch" not in model.keys():  # noqa: SIM118 (keys() lists MISSING values too)
+        return []
+    from importlib.util import find_spec
+
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_missing(model, "arch"):
+        return ["model=timm needs model.arch=NAME (a timm architecture, e.g. resnet50)"]
+    if find_spec("timm") is None:
+        return ["model=timm needs timm, which is not installed: pip install 'cnnbench[timm]'"]
+    return []
+
+
 def _dataset_problems(ds: Any) -> list[str]:
     problems = []
     for key in ("val_split", "test_split"):
@@ -421,9 +523,25 @@ def _dataset_problems(ds: Any) -> list[str]:
         if value is not None and value < 1:
             problems.append(f"dataset.{key} must be >= 1 or null (got {value})")
     problems += _at_least(ds.get("max_memory_mb"), 0, "dataset.max_memory_mb")
+    problems += _folds_problems(ds.folds, ds.fold)
     if ds.name == "fake" and ds.image_size is None:
         problems.append("dataset=fake generates images of dataset.image_size: set it (e.g. 32)")
     return problems
+
+
+def _folds_problems(folds: int | None, fold: int | None) -> list[str]:
+    if folds is None and fold is None:
+        return []
+    if folds is None or fold is None:
+        return [
+            "k-fold needs both dataset.folds=K and dataset.fold=i (0..K-1), e.g. "
+            "`cnnbench train -m dataset.folds=5 'dataset.fold=range(5)'`"
+        ]
+    if folds < 2:
+        return [f"dataset.folds must be >= 2 (got {folds})"]
+    if not 0 <= fold < folds:
+        return [f"dataset.fold must be in 0..{folds - 1} for dataset.folds={folds} (got {fold})"]
+    return []
 
 
 def _splits_problems(values: list[float]) -> list[str]:
@@ -455,6 +573,21 @@ def _transforms_problems(tf: Any) -> list[str]:
         )
     if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
         problems.append(f"transforms.ratio must be [low, high] with 0 < low <= high (got {ratio})")
+    return problems + _augmentation_problems(tf)
+
+
+def _augmentation_problems(tf: Any) -> list[str]:
+    problems = _at_least(tf.rand_ops, 0, "transforms.rand_ops")
+    if not 0 <= tf.rand_magnitude <= 30:
+        problems.append(
+            f"transforms.rand_magnitude must be a bin in 0..30 (got {tf.rand_magnitude})"
+        )
+    if not 0.0 <= tf.erasing <= 1.0:
+        problems.append(f"transforms.erasing is a probability in [0, 1] (got {tf.erasing})")
+    for key in ("color_jitter", "mixup_alpha", "cutmix_alpha"):
+        value = getattr(tf, key)
+        if not (math.isfinite(value) and value >= 0):
+            problems.append(f"transforms.{key} must be >= 0, 0 is off (got {value})")
     return problems
 
 
@@ -497,7 +630,7 @@ def group_schemas(group: str) -> list[Any]:
     """The schemas a group's options are checked against (one for preset groups)."""
     if group in REGISTERED_GROUPS:
         return list(REGISTERED_GROUPS[group].values())
-    return {"model": [ModelConfig], "transforms": [TransformsConfig]}.get(group, [])
+    return {"transforms": [TransformsConfig]}.get(group, [])
 
 
 def is_config_key(key: str) -> bool:
@@ -523,12 +656,29 @@ def _typed_value(full_key: str, overrides: list[str]) -> str:
     return typed[-1] if typed else "..."
 
 
+def _chosen_option(group: str, overrides: list[str]) -> str:
+    """The option of `group` picked on the command line, else train.yaml's default."""
+    typed = _typed_value(group, overrides)
+    if typed != "...":
+        return typed
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    primary = OmegaConf.load(str(files("cnnbench.configs") / "train.yaml"))
+    defaults = OmegaConf.to_container(primary)["defaults"]
+    picked = [d[group] for d in defaults if isinstance(d, dict) and group in d]
+    return str(picked[0]) if picked else "..."
+
+
 def _unknown_key_error(full_key: str, schema: Any, overrides: list[str]) -> CnnbenchError:
     parent, _, key = full_key.rpartition(".")
     valid = ", ".join(option_keys(schema)) if schema is not None else ""
     if parent in REGISTERED_GROUPS and schema is not None:
         chosen = getattr(schema, "name", None)
         chosen = chosen.value if isinstance(chosen, Enum) else chosen
+        if chosen == MISSING:  # model options share one schema: the option picked
+            chosen = _chosen_option(parent, overrides)
         others = options_with_key(parent, key)
         if not others:
             return CnnbenchError(

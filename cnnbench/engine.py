@@ -57,8 +57,11 @@ class Meter:
         self.resumed = 0  # samples counted before a resume (all ranks)
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, top5: bool) -> None:
-        """Add a batch: its mean `loss`, and top-1 (and top-5) hits of `logits` against `y`."""
+        """Add a batch: its mean `loss`, and top-1 (and top-5) hits of `logits` against `y`
+        (class indices, or soft targets from MixUp/CutMix: their dominant class counts)."""
         n = y.shape[0]
+        if y.ndim > 1:
+            y = y.argmax(1)
         self.loss += loss.detach().float() * n
         if top5:
             k = min(5, logits.shape[1])

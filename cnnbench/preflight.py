@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .zoo import ZOO
+from .models.catalog import zoo_entries
 
 log = logging.getLogger("cnnbench")
 
@@ -78,7 +78,7 @@ def hopeless_run_warning(cfg: Any, params: int, data: Any, device: torch.device)
     seconds = epoch_seconds(flops, images, steps, params, device)
     fits = [
         f"model={m.name}"
-        for m in sorted(ZOO, key=lambda m: m.params)
+        for m in sorted(zoo_entries(), key=lambda m: m.params)
         if m.params <= PARAMS_PER_IMAGE * images and m.input_size[1] <= MAX_UPSCALE * native
     ]
     advice = f"models sized for this data: {', '.join(fits)}" if fits else "more data helps"

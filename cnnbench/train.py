@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import distributed, interrupt
@@ -37,7 +37,13 @@ from .engine import EpochResult, Meter, Progress, StopPoll, TrainStep, evaluate,
 from .errors import CnnbenchError
 from .loggers import NullLogger, open_logger
 from .metrics import write_json, write_metrics_csv
-from .models import apply_weights, check_input_size, count_params, create_model
+from .models import (
+    apply_weights,
+    check_input_size,
+    count_params,
+    create_model,
+    native_input_size,
+)
 from .models.summary import summary_table
 from .optim import (
     build_optimizer,
@@ -75,18 +81,51 @@ class Data:
     num_classes: int  # the model's head: model.num_classes, else the data's classes
 
 
+# Datasets whose images come in their own sizes (stored at one size: dataset_config decides).
+OWN_SIZE_DATASETS = ("folder", "csv")
+
+
+def dataset_config(cfg: Any) -> Any:
+    """cfg.dataset with the size images are stored at decided, for every command alike.
+
+    dataset.image_size, else transforms.resize, else, for datasets of images in their own
+    sizes (folder, csv), the model's native size (timm's resolve_data_config does the same):
+    `model=alexnet dataset=folder` stores 224x224 images, `model=lenet5` 32x32. Logged.
+    """
+    ds = cfg.dataset
+    if ds.name not in OWN_SIZE_DATASETS or ds.get("image_size") or cfg.transforms.resize:
+        return ds
+    _, height, width = native_input_size(cfg.model.name)
+    if height != width:  # the loaders store squares only: keep the images' own size
+        return ds
+    log.info(
+        f"dataset.image_size and transforms.resize are not set: storing the images at "
+        f"{cfg.model.name}'s native size, {height}x{width} (set either to choose another)"
+    )
+    return OmegaConf.merge(ds, {"image_size": height})
+
+
 def build_data(cfg: Any, ddp: Distributed | None = None, progress: bool = True) -> Data:
-    """Load and split the dataset (uint8, in memory or streamed) and build its pipelines,
-    normalized with the train split's statistics; eval never augments."""
+    """Load and split the dataset (uint8, in memory or streamed; stored at the size
+    `dataset_config` decides) and build its pipelines, normalized with the train split's
+    statistics; eval never augments."""
     ddp = ddp or Distributed()
     with ddp.main_first():  # rank 0 fills the decode cache, the others read it
         splits = load_dataset(
-            cfg.dataset, cfg.transforms, num_workers=cfg.num_workers, progress=progress
+            dataset_config(cfg), cfg.transforms, num_workers=cfg.num_workers, progress=progress
         )
     channels, height, width = splits.input_size
-    train_tf, eval_tf = build_transforms(cfg.transforms, splits.train_stats, channels)
+    classes = cfg.model.num_classes or splits.num_classes
+    train_tf, eval_tf = build_transforms(cfg.transforms, splits.train_stats, channels, classes)
     input_size = (channels, *train_tf.output_size(height, width))
-    return Data(splits, train_tf, eval_tf, input_size, cfg.model.num_classes or splits.num_classes)
+    if cfg.overfit_batches:  # a debug run: the same few batches, unaugmented, as train and val
+        n = cfg.overfit_batches * cfg.batch_size * ddp.world_size
+        splits, train_tf = splits.overfit(n, cfg.seed), eval_tf
+        log.info(
+            f"overfit_batches={cfg.overfit_batches}: training and validating on the same "
+            f"{len(splits.train)} training images, without augmentation; the loss should reach ~0"
+        )
+    return Data(splits, train_tf, eval_tf, input_size, classes)
 
 
 def build_model(
@@ -104,9 +143,15 @@ def build_model(
 
 
 def eval_loader(
-    cfg: Any, split: Any, transform: BatchTransform, device: torch.device, ddp: Distributed
+    cfg: Any,
+    split: Any,
+    transform: BatchTransform,
+    device: torch.device,
+    ddp: Distributed,
+    limit: float | None = None,
 ) -> TensorLoader:
-    """Batches of `split` for evaluation, in order (each DDP rank takes its part)."""
+    """Batches of `split` for evaluation, in order (each DDP rank takes its part); `limit`:
+    at most that many batches (a count), or that fraction of them."""
     return TensorLoader(
         split,
         eval_batch_size(cfg),
@@ -116,6 +161,7 @@ def eval_loader(
         channels_last=cfg.device.channels_last,
         rank=ddp.rank,
         world_size=ddp.world_size,
+        limit=limit,
     )
 
 
@@ -127,7 +173,8 @@ class Loaders:
 
 
 def build_loaders(cfg: Any, data: Data, device: torch.device, ddp: Distributed) -> Loaders:
-    """Train batches shuffled and augmented per (seed, epoch); val and test in order."""
+    """Train batches shuffled and augmented per (seed, epoch); val and test in order;
+    limit_*_batches cut each epoch short (debug runs)."""
     train = TensorLoader(
         data.splits.train,
         cfg.batch_size,
@@ -138,9 +185,17 @@ def build_loaders(cfg: Any, data: Data, device: torch.device, ddp: Distributed) 
         channels_last=cfg.device.channels_last,
         rank=ddp.rank,
         world_size=ddp.world_size,
+        limit=cfg.limit_train_batches,
     )
-    val = eval_loader(cfg, data.splits.val, data.eval_tf, device, ddp)
-    return Loaders(train, val, eval_loader(cfg, data.splits.test, data.eval_tf, device, ddp))
+    splits, tf = data.splits, data.eval_tf
+    val = eval_loader(cfg, splits.val, tf, device, ddp, limit=cfg.limit_val_batches)
+    test = eval_loader(cfg, splits.test, tf, device, ddp, limit=cfg.limit_test_batches)
+    if any(cfg[f"limit_{s}_batches"] is not None for s in ("train", "val", "test")):
+        log.warning(
+            f"debug run: {len(train)} train, {len(val)} val and {len(test)} test batches per "
+            "epoch (limit_*_batches); its metrics are not those of the whole splits"
+        )
+    return Loaders(train, val, test)
 
 
 def choose_precision(

@@ -11,7 +11,9 @@ In one invocation, interleaved over --repeats rounds (the machine may be shared)
     step, plain fp32, NCHW;
 (b) cnnbench: the images decoded once into uint8 tensors (cached; the one-off decode is
     reported apart), batched augmentation (TensorLoader + build_transforms), train_one_epoch,
-    with --precision / --channels-last / --compile.
+    with --precision / --channels-last / --compile; --transforms PRESET gives it a preset's
+    train pipeline instead of crop + flip (e.g. cifar_strong: the seed-style loop keeps crop +
+    flip, so the ratio is what a user gains while turning the stronger policy on).
 
 Both train the same model (SGD, momentum 0.9) on --images images per round after a short
 warmup. Printed: images/s of each and their ratio, the model alone (fwd+bwd on one fixed
@@ -39,7 +41,13 @@ import torch  # noqa: E402
 from imagecache import find_split, load_image_folder  # also puts the checkout on sys.path
 from torch import nn
 
-from cnnbench.config import OPTIMIZERS, Normalize, Precision, TransformsConfig  # noqa: E402
+from cnnbench.config import (  # noqa: E402
+    OPTIMIZERS,
+    Normalize,
+    Precision,
+    TransformsConfig,
+    compose_checked,
+)
 from cnnbench.data import ImageTensors, TensorLoader, build_transforms, channel_stats  # noqa: E402
 from cnnbench.device import (  # noqa: E402
     Workload,
@@ -177,6 +185,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds (median reported)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     ap.add_argument("--no-augment", action="store_true", help="both sides: no crop/flip")
+    ap.add_argument(
+        "--transforms", metavar="PRESET",
+        help="cnnbench side: this transforms preset's train pipeline (e.g. cifar_strong)",
+    )  # fmt: skip
     ap.add_argument("--peak-batch", type=int, default=32, help="batch of the peak conv benchmark")
     ap.add_argument("--json", help="also write the figures as JSON here")
     args = ap.parse_args()
@@ -199,7 +211,10 @@ def main() -> None:
         hflip=augment,
         normalize=Normalize.auto,
     )
-    train_tf, _ = build_transforms(tcfg, stats, 3)
+    if args.transforms:
+        tcfg = compose_checked([f"transforms={args.transforms}"]).transforms
+        tcfg.resize = size if size != data.images.shape[-1] else None
+    train_tf, _ = build_transforms(tcfg, stats, 3, len(classes))
 
     seed_model = create_model(args.model, len(classes), 3)
     ours = create_model(args.model, len(classes), 3)
@@ -219,7 +234,8 @@ def main() -> None:
         f"{images} images x {args.repeats} rounds, batch {args.batch_size}, "
         f"{torch.get_num_threads()} threads; cnnbench: {precision.value}, "
         f"channels_last {'on' if args.channels_last else 'off'}, "
-        f"compile {'on' if args.compile else 'off'}",
+        f"compile {'on' if args.compile else 'off'}, transforms "
+        f"{args.transforms or ('crop + flip' if augment else 'none')}",
         flush=True,
     )
 
@@ -297,6 +313,7 @@ def main() -> None:
             precision=precision.value,
             channels_last=args.channels_last,
             compile=args.compile,
+            transforms=args.transforms,
             seed_style_img_s=[r.wall for r in seed_rates],
             cnnbench_img_s=[r.wall for r in our_rates],
             seed_style_img_per_cpu_s=[r.cpu for r in seed_rates],

@@ -91,7 +91,8 @@ def main() -> None:
 
     # The recipe's own stages, on these splits: all 50,000 training images, the test set
     # evaluated after every epoch (as airbench does).
-    train_tf, eval_tf = build_transforms(cfg.transforms, channel_stats(train.images), 3)
+    stats = channel_stats(train.images)
+    train_tf, eval_tf = build_transforms(cfg.transforms, stats, 3, len(classes))
     splits = DataSplits(train=train, val=test, test=test, classes=classes)
     data = Data(splits, train_tf, eval_tf, (3, *train_tf.output_size(32, 32)), len(classes))
     model = build_model(cfg, data.input_size, data.num_classes, device)

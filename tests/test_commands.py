@@ -12,6 +12,7 @@ from cnnbench.cli import main
 # command -> the positionals it needs before an option can be the problem
 COMMANDS = {
     "models": [],
+    "plan": [],
     "summary": [],
     "stats": [],
     "show": [],

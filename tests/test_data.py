@@ -490,18 +490,27 @@ def test_decoded_folder_is_cached_by_content(tmp_path, pets, monkeypatch, caplog
     assert len(list((tmp_path / "cache" / "folders").glob("*.pt"))) == 2
 
 
-def test_streamed_folder_gives_the_same_batches_as_in_memory(tmp_path, pets):
+@pytest.mark.parametrize(
+    "transforms",
+    [
+        ["transforms=cifar"],
+        ["transforms=cifar_strong", "transforms.color_jitter=0.4", "transforms.cutmix_alpha=1"],
+    ],
+)
+def test_streamed_folder_gives_the_same_batches_as_in_memory(tmp_path, pets, transforms):
     add_odd_modes(pets / "dog")
     add_broken_files(pets / "cat")
     memory = load(pets, tmp_path, "dataset.image_size=16")
-    stream = load(pets, tmp_path, "dataset.image_size=16", "dataset.max_memory_mb=0")
+    stream = load(
+        pets, tmp_path, "dataset.image_size=16", "dataset.max_memory_mb=0", "dataset.cache=off"
+    )
     assert isinstance(stream.train, ImageFiles) and isinstance(memory.train, ImageTensors)
     assert stream.train.files == memory.train.files
     for a, b in zip(stream.train_stats(), memory.train_stats(), strict=True):
         assert a == pytest.approx(b, abs=1e-12)
     assert [s.path for s in stream.skipped] == [s.path for s in memory.skipped]
-    tcfg = compose_checked(["transforms=cifar"]).transforms
-    train_tf, _ = build_transforms(tcfg, memory.train_stats, 3)
+    tcfg = compose_checked(transforms).transforms
+    train_tf, _ = build_transforms(tcfg, memory.train_stats, 3, len(memory.classes))
     cpu = torch.device("cpu")
     loaders = [
         TensorLoader(d.train, 8, train_tf, cpu, shuffle=True, seed=5) for d in (memory, stream)
@@ -511,7 +520,9 @@ def test_streamed_folder_gives_the_same_batches_as_in_memory(tmp_path, pets):
 
 
 def test_streaming_with_workers_and_a_file_broken_after_the_scan(tmp_path, pets, caplog):
-    data = load(pets, tmp_path, "dataset.image_size=16", "dataset.max_memory_mb=0")
+    data = load(
+        pets, tmp_path, "dataset.image_size=16", "dataset.max_memory_mb=0", "dataset.cache=off"
+    )
     broken = Path(data.train.root) / data.train.files[0]
     broken.write_bytes(b"")  # broken after the scan: fed as a blank image, never a crash
     data.train.num_workers = 2
@@ -547,6 +558,7 @@ def test_stats_command_on_known_images(cli, tmp_path):
         "dataset=folder",
         f"dataset.root={tmp_path / 'known'}",
         f"dataset.cache_dir={tmp_path / 'cache'}",
+        "dataset.image_size=8",  # their own size (else lenet5's native 32x32)
     )
     assert "dataset folder: 15 training images (3x8x8), 2 classes" in proc.stdout
     assert "mean: 0.5000 0.2000 0.2500" in proc.stdout

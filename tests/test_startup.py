@@ -8,8 +8,6 @@ import sys
 import pytest
 from conftest import REPO
 
-from cnnbench.commands.models import registry_rows, zoo_rows
-
 HEAVY = ("torch", "torchvision", "matplotlib", "sklearn")
 
 # Run the CLI in a fresh interpreter, then list the heavy modules it imported.
@@ -51,7 +49,7 @@ def test_commands_without_a_model_do_not_import_torch(args, tmp_path):
 
 
 def test_the_pre_run_modules_import_without_torch(tmp_path):
-    modules = ["config", "runs", "sweep", "zoo", "completion", "commands.args", "commands.train"]
+    modules = ["config", "runs", "sweep", "completion", "commands.args", "commands.train"]
     code = "import sys\n" + "".join(f"import cnnbench.{m}\n" for m in modules)
     code += f"print('IMPORTED', *sorted(m for m in {HEAVY} if m in sys.modules))"
     proc = subprocess.run(
@@ -63,9 +61,3 @@ def test_the_pre_run_modules_import_without_torch(tmp_path):
         timeout=120,
     )
     assert proc.stdout.strip() == "IMPORTED", proc.stderr[-2000:]
-
-
-def test_the_zoo_table_is_the_registry():
-    """cnnbench/zoo.py restates the registry (so `cnnbench models` needs no torch): a model
-    added to the registry, or changed, must be updated there too."""
-    assert zoo_rows() == registry_rows()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import atomic_write_text, load_checkpoint
-from ..data import ImageFiles, ImageTensors
+from ..data import ImageFiles, ImageTensors, MappedImages
 from ..data.images import decode_file
 from ..device import autocast_for, resolve_device, resolve_precision
 from ..distributed import Distributed
@@ -135,8 +135,9 @@ class Top1:
 
 
 def split_images(split: Any) -> Any:
-    """The uint8 images of a split: the tensor in memory, or decoded on demand (streamed)."""
-    if isinstance(split, ImageTensors):
+    """The uint8 images of a split: the tensor in memory (or the mapped rows), or decoded on
+    demand (streamed)."""
+    if isinstance(split, (ImageTensors, MappedImages)):
         return split.images
     return _DecodedFiles(split)
 

@@ -1,51 +1,53 @@
-"""`cnnbench models`: every registered model with its parameters, native input size and source.
+"""`cnnbench models [--all]`: the models with their parameters, native input size and source.
 
-The table is cnnbench/zoo.py's (printed without importing torch: under 1 s); `registry_rows`
-computes the same rows from the registry (parameters counted on the meta device, so even the
-VGGs allocate no weights), and a test keeps the two equal.
+Read from the model catalog (`models/catalog.py`), so listing imports no torch. Parameters
+are for each model's default classes and input channels (SPEC.md's table for the zoo),
+counted on the meta device when the catalog was generated.
 """
 
 from __future__ import annotations
 
 import sys
 
-from ..zoo import ZOO
+from ..models.catalog import ENTRIES, ModelEntry, zoo_entries
 from .args import command_parser, parse_command
 
-USAGE = "cnnbench models [--markdown]"
+USAGE = "cnnbench models [--all] [--markdown]"
 DESCRIPTION = """
-List every registered model: name, parameters (for its default classes), native input size
-(channels x height x width), default classes and the seed it comes from.
-Train one with `cnnbench train model=NAME`; see its layers with `cnnbench summary model=NAME`.
+List the model zoo: name, parameters (for its default classes), native input size
+(channels x height x width), default classes and the seed it comes from. --all adds every
+classifier of torchvision.models (ImageNet top-1 of its published weights as the source).
+Train one with `cnnbench train model=NAME` (a folder of images is resized to the model's
+native size unless dataset.image_size or transforms.resize say otherwise); see its layers with
+`cnnbench summary model=NAME`; estimate a run with `cnnbench plan model=NAME ...`.
 """
-EXAMPLES = ("cnnbench models", "cnnbench models --markdown   # the table of README.md")
+EXAMPLES = (
+    "cnnbench models",
+    "cnnbench models --all",
+    "cnnbench models --markdown   # the table of README.md",
+)
 
 COLUMNS = ("name", "params", "input", "classes", "source")
+TIMM_NOTE = (
+    "model=timm model.arch=NAME: any of timm's architectures (pip install 'cnnbench[timm]'; "
+    'python -c "import timm; print(timm.list_models())")\n'
+)
 
 
-def display_row(name: str, params: int, input_size: tuple, classes: int, source: str) -> dict:
-    """One table row as display strings."""
-    size = "x".join(map(str, input_size))
-    return dict(name=name, params=f"{params:,}", input=size, classes=str(classes), source=source)
+def entry_row(entry: ModelEntry) -> dict[str, str]:
+    """One row of display strings."""
+    return dict(
+        name=entry.name,
+        params=f"{entry.params:,}",
+        input="x".join(map(str, entry.input_size)),
+        classes=str(entry.num_classes),
+        source=entry.source,
+    )
 
 
-def zoo_rows() -> list[dict[str, str]]:
-    """One row of display strings per zoo model (cnnbench/zoo.py), in registration order."""
-    return [display_row(*model) for model in ZOO]
-
-
-def registry_rows() -> list[dict[str, str]]:
-    """The same rows computed from the model registry (imports torch, builds each model)."""
-    import torch
-
-    from ..models import count_params, create_model, registered_models
-
-    rows = []
-    for info in registered_models():
-        with torch.device("meta"):
-            params = count_params(create_model(info.name))
-        rows.append(display_row(info.name, params, info.input_size, info.num_classes, info.source))
-    return rows
+def zoo_rows(every: bool = False) -> list[dict[str, str]]:
+    """Rows of the zoo (registration order), or with `every` of the whole catalog."""
+    return [entry_row(entry) for entry in (ENTRIES if every else zoo_entries())]
 
 
 def format_table(rows: list[dict[str, str]], markdown: bool = False) -> str:
@@ -67,8 +69,12 @@ def format_table(rows: list[dict[str, str]], markdown: bool = False) -> str:
 
 
 def run_cli(args: list[str]) -> None:
-    """`cnnbench models [--markdown]`."""
+    """`cnnbench models [--all] [--markdown]`."""
     parser = command_parser("models", USAGE, DESCRIPTION, EXAMPLES)
+    parser.add_argument(
+        "--all", action="store_true", help="every model: the zoo and torchvision's classifiers"
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     opts = parse_command(parser, args)
-    sys.stdout.write(format_table(zoo_rows(), markdown=opts.markdown))
+    text = format_table(zoo_rows(opts.all), markdown=opts.markdown)
+    sys.stdout.write(text + ("\n" + TIMM_NOTE if opts.all else ""))

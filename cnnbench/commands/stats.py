@@ -16,6 +16,7 @@ import time
 from ..config import check_values, compose_checked
 from ..data import DataSplits, load_dataset
 from ..errors import user_errors
+from ..train import dataset_config
 from .args import add_overrides, command_parser, parse_command
 
 log = logging.getLogger("cnnbench")
@@ -36,8 +37,8 @@ def load_for_command(args: list[str]) -> tuple[object, DataSplits]:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = compose_checked(args)
     check_values(cfg)
-    data = load_dataset(
-        cfg.dataset, cfg.transforms, num_workers=cfg.num_workers, progress=cfg.progress
+    data = load_dataset(  # stored at the size training would store it (dataset_config)
+        dataset_config(cfg), cfg.transforms, num_workers=cfg.num_workers, progress=cfg.progress
     )
     return cfg, data
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import CnnbenchError
 from .cache import content_key
-from .splits import DataSplits, ImageFiles, ImageTensors, SkippedFile, Split
+from .splits import DataSplits, ImageFiles, ImageTensors, MappedImages, SkippedFile, Split
 
 __all__ = [
     "DataSplits",
@@ -28,6 +28,7 @@ __all__ = [
     "ImageTensors",
     "LoadOptions",
     "Loaded",
+    "MappedImages",
     "SkippedFile",
     "dataset_names",
     "load_dataset",
@@ -120,6 +121,40 @@ def split_counts(data: Split, splits: list[float], seed: int) -> tuple[Split, Sp
     return data.subset(index[0]), data.subset(index[1]), data.subset(index[2])
 
 
+def fold_of(labels: torch.Tensor, folds: int, seed: int) -> torch.Tensor:
+    """The fold (0..folds-1) of each sample, stratified: each class's samples in a seeded
+    random order, classes one after another, dealt round-robin to the folds. Every fold gets
+    each class's count / folds (give or take one) and the folds' sizes differ by at most one."""
+    n = labels.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    by_class = order[torch.sort(labels[order], stable=True).indices]
+    fold = torch.empty(n, dtype=torch.int64)
+    fold[by_class] = torch.arange(n) % folds
+    return fold
+
+
+def _fold_split(cfg, train: Split, val: Split | None) -> tuple[Split, Split]:
+    """(training folds, validation fold) of `train`, the data left after the test split."""
+    if val is not None:
+        raise CnnbenchError(
+            f"dataset.folds carves the validation set from the training data, but {cfg.name} "
+            "comes with its own validation set (a val/ folder or val rows); drop dataset.folds "
+            "and dataset.fold, or merge the validation images into train"
+        )
+    if len(train) < cfg.folds:
+        raise CnnbenchError(
+            f"dataset.folds={cfg.folds} needs at least {cfg.folds} images to split, "
+            f"but only {len(train)} are left after the test split"
+        )
+    fold = fold_of(train.labels, cfg.folds, cfg.split_seed + 1)
+    rest, held = (fold != cfg.fold).nonzero().flatten(), (fold == cfg.fold).nonzero().flatten()
+    log.info(
+        f"fold {cfg.fold} of {cfg.folds}: {len(held)} validation / {len(rest)} training "
+        "images (the test split is the same for every fold)"
+    )
+    return train.subset(rest), train.subset(held)
+
+
 def load_dataset(
     cfg, tcfg=None, *, num_workers: str | int = "auto", progress: bool = True
 ) -> DataSplits:
@@ -136,6 +171,11 @@ def load_dataset(
     given = getattr(cfg, "splits", None)  # only sets without an official test split have it
     splits = None if given is None else [float(v) for v in given]
     if splits is not None:
+        if cfg.folds is not None:
+            raise CnnbenchError(
+                "dataset.splits and dataset.folds both choose the validation set; with k-fold "
+                "drop dataset.splits (the test set is then dataset.test_split of the images)"
+            )
         if val is not None or test is not None:
             raise CnnbenchError(
                 f"dataset.splits splits one set of images, but {cfg.name} comes with its own "
@@ -146,9 +186,12 @@ def load_dataset(
     else:
         if test is None:
             train, test = split_off(train, cfg.test_split, cfg.split_seed, "test")
-        if val is None:
+        if cfg.folds is not None:
+            train, val = _fold_split(cfg, train, val)
+        elif val is None:
             train, val = split_off(train, cfg.val_split, cfg.split_seed + 1, "validation")
     split_params = [splits, cfg.val_split, getattr(cfg, "test_split", None), cfg.split_seed]
+    split_params += [cfg.folds, cfg.fold] if cfg.folds is not None else []
     return DataSplits(
         train=train,
         val=val,
@@ -315,13 +358,23 @@ for _name in _TORCHVISION:
     register_dataset(_name)(_torchvision_loader(_name))
 
 
+def _files_loaded(pools: dict[str, Split], classes: list[str], skipped: list, key: str) -> Loaded:
+    """Loaded from scanned pools: 'all' (one pool) or 'train' with optional 'val', 'test'."""
+    train = pools.get("train", pools.get("all"))
+    return Loaded(train, pools.get("test"), classes, key, pools.get("val"), skipped)
+
+
 @register_dataset("folder")
 def _folder(cfg, opts: LoadOptions) -> Loaded:
     """Images in class subfolders (see folder.py for the layouts)."""
     from .folder import load_folder
 
-    pools, classes, skipped, key = load_folder(
-        cfg, opts.transforms, opts.num_workers, opts.progress
-    )
-    train = pools.get("train", pools.get("all"))
-    return Loaded(train, pools.get("test"), classes, key, pools.get("val"), skipped)
+    return _files_loaded(*load_folder(cfg, opts.transforms, opts.num_workers, opts.progress))
+
+
+@register_dataset("csv")
+def _csv(cfg, opts: LoadOptions) -> Loaded:
+    """Images listed in a CSV with their labels (see csv_labels.py)."""
+    from .csv_labels import load_csv
+
+    return _files_loaded(*load_csv(cfg, opts.transforms, opts.num_workers, opts.progress))

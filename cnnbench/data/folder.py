@@ -27,9 +27,12 @@ Everything left out is counted in one log line and listed in skipped_files.txt.
 Every file is then fully decoded once before training (the scan; `images.decode_file`, the
 decode predict uses too): empty, truncated, non-image and unreadable files are skipped and
 reported, the rest are turned upright (EXIF) and converted to RGB at one storage size.
-Folders whose decoded size fits `dataset.max_memory_mb` are kept in memory as uint8 tensors;
-larger ones are decoded batch by batch by DataLoader workers. Scan results (and the decoded
-images) are cached on disk keyed by the files' names, sizes and mtimes.
+Where the decoded pixels live while training is `dataset.cache`: `auto` keeps folders whose
+decoded size fits `dataset.max_memory_mb` in memory as uint8 tensors and writes larger ones,
+during the scan, into a memory-mapped cache file read through the page cache (mapped.py);
+`memory` and `disk` force one or the other; `off` decodes larger folders batch by batch in
+DataLoader workers every epoch (streamed). Scan results (and the decoded images) are cached on
+disk keyed by the files' names, sizes and mtimes.
 """
 
 from __future__ import annotations
@@ -45,10 +48,22 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import CacheMode
 from ..errors import CnnbenchError
 from .cache import cache_root, content_key, load_entry, save_entry
 from .images import BadImage, decode_file, image_size_of
-from .splits import ImageFiles, ImageTensors, SkippedFile
+from .mapped import (
+    DiskSink,
+    MappedFile,
+    MemorySink,
+    build_lock,
+    check_space,
+    is_complete,
+    megabytes,
+    open_mapped,
+    room_for,
+)
+from .splits import ImageFiles, ImageTensors, MappedImages, SkippedFile
 
 log = logging.getLogger("cnnbench")
 
@@ -87,6 +102,7 @@ class ScannedPool:
     size: tuple[int, int]
     images: torch.Tensor | None  # N x 3 x H x W uint8 when decoded into memory
     skipped: list[SkippedFile]
+    mapped: MappedFile | None = None  # the memory-mapped cache file holding the images
 
 
 def _visible(name: str) -> bool:
@@ -106,7 +122,7 @@ def _inside(path: str, folder: str) -> bool:
 
 
 @dataclass
-class _Listing:
+class Listing:
     """One listing of a dataset tree: what it took, by (st_dev, st_ino), and what it left out."""
 
     root: str  # the dataset root, resolved
@@ -248,7 +264,7 @@ def find_pools(cfg) -> tuple[dict[str, Pool], list[str], list[SkippedFile], list
         for e in sorted(os.scandir(main), key=lambda e: e.name)
         if _visible(e.name) and not e.is_dir()
     ]
-    listing = _Listing(str(root))
+    listing = Listing(str(root))
     listed = {
         split: {n: listing.class_files(folder / n, n) for n in classes if (folder / n).is_dir()}
         for split, folder in folders.items()
@@ -337,7 +353,9 @@ def _first(batch: list):
     return batch[0]
 
 
-def _size_mismatch(root: Path, first: str, first_size, other: str, other_size) -> CnnbenchError:
+def _size_mismatch(
+    root: Path | str, first: str, first_size, other: str, other_size
+) -> CnnbenchError:
     return CnnbenchError(
         f"images in {root} have different sizes ({first_size[1]}x{first_size[0]} for {first}, "
         f"{other_size[1]}x{other_size[0]} for {other}); pick one storage size with "
@@ -352,8 +370,10 @@ def scan_pool(
     keep: bool,
     workers: str | int,
     progress: bool = True,
+    sink: MemorySink | DiskSink | None = None,
 ) -> ScannedPool:
-    """Fully decode every file of `pool` once; keep the images when `keep`."""
+    """Fully decode every file of `pool` once; keep the images when `keep`, in `sink`
+    (default: memory; a DiskSink writes them into the memory-mapped cache file instead)."""
     from tqdm import tqdm
 
     paths = [str(pool.folder / f) for f in pool.files]
@@ -368,9 +388,9 @@ def scan_pool(
     )
     ok = torch.zeros(n, dtype=torch.bool)
     sums = torch.zeros(n, 2, 3, dtype=torch.float64)
-    images: torch.Tensor | None = None
+    sink = sink or MemorySink()
     skipped: list[SkippedFile] = []
-    stored, first = 0, None
+    first = None
     bar = tqdm(total=n, desc=f"[Scan] {pool.folder.name}", disable=None if progress else True)
     for start, chunk, chunk_sums, reasons in loader:
         for k, reason in enumerate(reasons):
@@ -382,12 +402,11 @@ def scan_pool(
             if first is None:
                 first = (pool.files[i], shape)
                 if keep:
-                    images = torch.empty((n, 3, *shape), dtype=torch.uint8)
+                    sink.open(n, (3, *shape))
             elif shape != first[1]:
                 raise _size_mismatch(pool.folder, first[0], first[1], pool.files[i], shape)
             if keep:
-                images[stored] = chunk[k]
-            stored += 1
+                sink.put(chunk[k])
             ok[i] = True
             sums[i] = chunk_sums[k]
         bar.update(len(reasons))
@@ -399,7 +418,7 @@ def scan_pool(
         labels=torch.tensor(pool.labels, dtype=torch.int64)[index],
         sums=sums[index],
         size=first[1] if first is not None else (size or (0, 0)),
-        images=images[:stored] if images is not None else None,
+        images=sink.result() if keep else None,
         skipped=skipped,
     )
 
@@ -417,13 +436,29 @@ def _storage_size(cfg, tcfg, pools: dict[str, Pool]) -> tuple[tuple[int, int] | 
     return None, (0, 0)
 
 
-def _count_skips(skipped: list[SkippedFile]) -> str:
+def count_skips(skipped: list[SkippedFile]) -> str:
     kinds = Counter(s.reason.split(" (")[0] for s in skipped)
     return ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
 
 
+@dataclass
+class PoolSet:
+    """Listed files ready for the scan, from a folder tree or a CSV: what `load_pools` takes."""
+
+    root: Path  # the dataset root: files are kept relative to it (absolute when outside it)
+    pools: dict[str, Pool]  # by split: 'all', or 'train' with optional 'val' and 'test'
+    classes: list[str]
+    skipped: list[SkippedFile]  # files found unusable before the scan (stray, missing)
+    kind: str  # 'folder' or 'csv', part of the cache keys
+    source: str  # how messages name the dataset (the folder, the CSV)
+    where: dict[str, str]  # how messages name each split's files
+    classes_are: str = "class folder(s)"  # how messages name classes
+    class_fix: str = "add images or remove the folder(s)"
+
+
 def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
-    """Pools of `cfg.root` as in-memory ImageTensors or streamed ImageFiles.
+    """Pools of `cfg.root` as in-memory ImageTensors, memory-mapped MappedImages or streamed
+    ImageFiles (`dataset.cache`, `_pixels_mode`).
 
     Returns ({split: pool}, classes, skipped files, content key of the pools).
     """
@@ -432,29 +467,56 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
     if left_out:
         log.warning(
             f"left out {len(left_out)} link(s), duplicate(s) or folder(s) in {root}: "
-            f"{_count_skips(left_out)} (listed in skipped_files.txt)"
+            f"{count_skips(left_out)} (listed in skipped_files.txt)"
         )
     total = sum(len(p.files) for p in pools.values())
     if total == 0:
         raise CnnbenchError(
             f"no files in the class folders of {root}; put images in <root>/<class>/"
         )
+    where = {split: str(pool.folder) for split, pool in pools.items()}
+    found = PoolSet(root, pools, classes, skipped, "folder", str(root), where)
+    splits, skipped, key = load_pools(found, cfg, tcfg, workers, progress)
+    return splits, classes, left_out + skipped, key
+
+
+def load_pools(found: PoolSet, cfg, tcfg, workers: str | int, progress: bool = True):
+    """Scan (or read from the cache) every pool of `found`, then hold it in memory, map it from
+    the decoded cache on disk, or stream it (dataset.cache, `_pixels_mode`).
+
+    `cfg` gives dataset.image_size, max_memory_mb, cache and cache_dir. Returns ({split:
+    ImageTensors, MappedImages or ImageFiles}, every skipped file, content key of the pools).
+    """
+    pools, classes, root = found.pools, found.classes, found.root
+    skipped = list(found.skipped)
+    total = sum(len(p.files) for p in pools.values())
     size, estimate = _storage_size(cfg, tcfg, pools)
     decoded_mb = total * 3 * estimate[0] * estimate[1] / 2**20
-    in_memory = decoded_mb <= cfg.max_memory_mb
-    mode = "memory" if in_memory else "stream"
     where = cache_root(cfg.cache_dir) / "folders"
+    mode = _pixels_mode(cfg, decoded_mb, found.source)
+    if mode == "disk" and _cache_mode(cfg) == CacheMode.auto:
+        by_key = {_pool_key(found.kind, mode, size, classes, p): p for p in pools.values()}
+        mode = _disk_if_room(where, found.source, by_key, 3 * estimate[0] * estimate[1])
+    in_memory = mode == "memory"
     scanned: dict[str, ScannedPool] = {}
     keys = []
     for split, pool in pools.items():
-        key = content_key("folder", mode, size, classes, pool.prefix, pool.files, pool.stamps)
+        key = _pool_key(found.kind, mode, size, classes, pool)
         keys.append(key)
+        if mode == "disk":
+            needed = len(pool.files) * 3 * estimate[0] * estimate[1]
+            what = found.where[split]
+            target = _MappedTarget(where / f"{key}.u8", key, pool, root, size, needed, what)
+            scanned[split] = _mapped_pool(target, workers, progress)
+            continue
         path = where / f"{key}.pt"
         entry = load_entry(path)
         if entry is not None and _became_readable(root, entry["skipped"]):
             entry = None  # a permission fix changes no mtime: check again
         if entry is not None:
-            log.info(f"{pool.folder}: {len(entry['files'])} checked images from the cache {path}")
+            log.info(
+                f"{found.where[split]}: {len(entry['files'])} checked images from the cache {path}"
+            )
             scanned[split] = ScannedPool(
                 files=entry["files"],
                 labels=entry["labels"],
@@ -465,16 +527,10 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
             )
             continue
         what = "decoding into memory" if in_memory else "checking (streamed later)"
-        log.info(f"{pool.folder}: {len(pool.files)} files, {what} at {_size_text(size)}")
+        log.info(f"{found.where[split]}: {len(pool.files)} files, {what} at {_size_text(size)}")
         result = scan_pool(pool, size, in_memory, workers, progress)
         scanned[split] = result
-        entry = dict(
-            files=result.files,
-            labels=result.labels,
-            sums=result.sums,
-            size=list(result.size),
-            skipped=[[str(Path(s.path).relative_to(root)), s.reason] for s in result.skipped],
-        )
+        entry = dict(labels=result.labels, sums=result.sums, **_index_of(result, root))
         if result.images is not None:
             entry["images"] = result.images
         if save_entry(path, entry):
@@ -484,27 +540,164 @@ def load_folder(cfg, tcfg, workers: str | int, progress: bool = True):
         skipped += s.skipped
     if skipped:
         log.warning(
-            f"skipped {len(skipped)} of {candidates} files in {root}: {_count_skips(skipped)} "
+            f"skipped {len(skipped)} of {candidates} files in {found.source}: "
+            f"{count_skips(skipped)} "
             "(listed in skipped_files.txt)"
         )
-    _check_pools(scanned, classes, root)
+    _check_pools(scanned, found)
     sizes = {s.size for s in scanned.values()}
     if len(sizes) > 1:
         a, b = sorted(sizes)[:2]
-        raise _size_mismatch(root, "one split", a, "another", b)
+        raise _size_mismatch(found.source, "one split", a, "another", b)
     num_workers = resolve_workers(workers)
     splits = {}
     for split, s in scanned.items():
         if s.images is not None:
             splits[split] = ImageTensors(s.images, s.labels, s.files, s.sums)
+        elif s.mapped is not None:
+            rows = torch.arange(len(s.files))
+            splits[split] = MappedImages(s.mapped.images, rows, s.labels, s.files, s.sums)
         else:
             splits[split] = ImageFiles(str(root), s.files, s.labels, s.size, s.sums, num_workers)
-    if not in_memory:
-        log.info(
-            f"{root}: about {decoded_mb:,.0f} MB decoded > dataset.max_memory_mb="
-            f"{cfg.max_memory_mb}: streaming from disk with {num_workers} loader workers"
+    why = f"about {megabytes(decoded_mb * 2**20)} decoded, max_memory_mb={cfg.max_memory_mb}"
+    if mode == "stream":
+        log.info(f"{found.source}: {why}: streaming with {num_workers} loader workers")
+    elif mode == "disk":
+        log.info(f"{found.source}: {why}: training reads the memory-mapped cache")
+    return splits, skipped, content_key(f"{found.kind}-set", keys)
+
+
+def _relative(path: str, root: Path) -> str:
+    """`path` relative to `root` when it lies inside, else as it is (a CSV may name any file)."""
+    return os.path.relpath(path, root) if _inside(path, str(root)) else path
+
+
+def _pool_key(kind: str, mode: str, size, classes: list[str], pool: Pool) -> str:
+    """The cache key of a pool's entry: its files (names, sizes, mtimes, labels), classes,
+    storage size, where the pixels live, and the kind of listing (folder, csv)."""
+    return content_key(kind, mode, size, classes, pool.prefix, pool.files, pool.stamps, pool.labels)
+
+
+def _cache_mode(cfg) -> CacheMode:
+    return CacheMode(getattr(cfg.cache, "value", cfg.cache))
+
+
+def _disk_if_room(where: Path, source: str, by_key: dict[str, Pool], image_bytes: int) -> str:
+    """dataset.cache=auto above max_memory_mb: 'disk' when the pools' cache files are complete
+    or fit (`room_for`), else 'stream', with a warning saying why."""
+    missing = [pool for key, pool in by_key.items() if not is_complete(where / f"{key}.u8", key)]
+    needed = sum(len(pool.files) for pool in missing) * image_bytes
+    fits, free = room_for(where, needed)
+    if not missing or fits:
+        return "disk"
+    log.warning(
+        f"{source}: the memory-mapped cache would take {megabytes(needed)} in {where}, which has "
+        f"{megabytes(free)} free (dataset.cache=auto leaves 5% of the disk free): streaming "
+        "instead, decoding every file every epoch (several times slower). Free some space or "
+        "point dataset.cache_dir at a larger disk (dataset.cache=disk insists)"
+    )
+    return "stream"
+
+
+def _pixels_mode(cfg, decoded_mb: float, source: str) -> str:
+    """Where the decoded pixels live (dataset.cache): 'memory', 'disk' (the memory-mapped
+    cache) or 'stream' (decoded from the files every epoch)."""
+    cache = _cache_mode(cfg)
+    if cache == CacheMode.memory:
+        _check_memory(decoded_mb, source)
+    if cache in (CacheMode.memory, CacheMode.disk):
+        return cache.value
+    if decoded_mb <= cfg.max_memory_mb:
+        return "memory"
+    return "disk" if cache == CacheMode.auto else "stream"
+
+
+def _check_memory(decoded_mb: float, source: str) -> None:
+    """dataset.cache=memory: an error when the decoded images cannot fit in available memory."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return
+    fields = dict(line.split(":", 1) for line in meminfo.splitlines() if ":" in line)
+    available_mb = int(fields.get("MemAvailable", "0 kB").split()[0]) / 1024
+    if available_mb and decoded_mb > available_mb:
+        raise CnnbenchError(
+            f"dataset.cache=memory: {source} needs about {decoded_mb:,.0f} MB decoded but only "
+            f"{available_mb:,.0f} MB of memory are available; use dataset.cache=disk (a "
+            "memory-mapped file read through the page cache) or dataset.cache=auto"
         )
-    return splits, classes, left_out + skipped, content_key("folder-set", keys)
+
+
+def _index_of(result: ScannedPool, root: Path) -> dict:
+    """What a cache entry records of a scan besides the pixels, labels and sums."""
+    return dict(
+        files=result.files,
+        size=list(result.size),
+        skipped=[[_relative(s.path, root), s.reason] for s in result.skipped],
+    )
+
+
+@dataclass
+class _MappedTarget:
+    """One split's memory-mapped cache file, and what building it needs."""
+
+    path: Path
+    key: str
+    pool: Pool
+    root: Path
+    size: tuple[int, int] | None  # storage size (None: the images' own)
+    needed: int  # estimated bytes of the decoded images
+    what: str  # how messages name the pool's files (PoolSet.where)
+
+    def fresh(self) -> MappedFile | None:
+        """The complete file, unless a file it skipped as unreadable can be read now."""
+        mapped = open_mapped(self.path, self.key)
+        if mapped is not None and _became_readable(self.root, mapped.index["skipped"]):
+            return None  # a permission fix changes no mtime: check again
+        return mapped
+
+    def build(self, workers: str | int, progress: bool) -> MappedFile:
+        """Decode the pool into the file (the space is checked first and shown)."""
+        what = self.what
+        free = check_space(self.path.parent, self.needed, what)
+        log.info(
+            f"{what}: {len(self.pool.files)} files, decoding at {_size_text(self.size)} into "
+            f"the memory-mapped cache {self.path}: about {megabytes(self.needed)} on disk "
+            f"({megabytes(free)} free there)"
+        )
+        sink = DiskSink(self.path, self.key, what)
+        try:
+            result = scan_pool(self.pool, self.size, True, workers, progress, sink)
+            mapped = sink.finish(result.labels, result.sums, _index_of(result, self.root))
+        except BaseException:
+            sink.abort()
+            raise
+        log.info(f"cached as {self.path}")
+        return mapped
+
+
+def _mapped_pool(target: _MappedTarget, workers: str | int, progress: bool) -> ScannedPool:
+    """The pool from its memory-mapped cache file: the file when complete, else built
+    (decoded once, under a lock per key: a parallel job waits for it)."""
+    mapped = target.fresh()
+    if mapped is not None:
+        log.info(
+            f"{target.what}: {len(mapped.index['files'])} checked images from the "
+            f"memory-mapped cache {target.path} ({megabytes(mapped.nbytes)})"
+        )
+    else:
+        with build_lock(target.path, target.what):
+            mapped = target.fresh() or target.build(workers, progress)
+    index = mapped.index
+    return ScannedPool(
+        files=index["files"],
+        labels=mapped.labels,
+        sums=mapped.sums,
+        size=tuple(index["size"]),
+        images=None,
+        skipped=[SkippedFile(str(target.root / p), r) for p, r in index["skipped"]],
+        mapped=mapped,
+    )
 
 
 def _became_readable(root: Path, skipped: list[list[str]]) -> bool:
@@ -518,18 +711,17 @@ def _size_text(size: tuple[int, int] | None) -> str:
     return "the images' own size" if size is None else f"{size[1]}x{size[0]}"
 
 
-def _check_pools(scanned: dict[str, ScannedPool], classes: list[str], root: Path) -> None:
+def _check_pools(scanned: dict[str, ScannedPool], found: PoolSet) -> None:
     for split, s in scanned.items():
-        name = "the folder" if split == "all" else f"{split}/"
         if len(s.files) == 0:
             raise CnnbenchError(
-                f"{name} of {root} has no usable images ({len(s.skipped)} skipped, see above)"
+                f"{found.where[split]}: no usable images ({len(s.skipped)} skipped, see above)"
             )
         if split in ("all", "train"):
-            counts = torch.bincount(s.labels, minlength=len(classes))
-            empty = [classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
+            counts = torch.bincount(s.labels, minlength=len(found.classes))
+            empty = [found.classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
             if empty:
                 raise CnnbenchError(
-                    f"class folder(s) {', '.join(empty)} in {root if split == 'all' else root / 'train'} "
-                    "have no usable images; add images or remove the folder(s)"
+                    f"{found.classes_are} {', '.join(empty)} in {found.where[split]} have no "
+                    f"usable images; {found.class_fix}"
                 )

@@ -1,37 +1,52 @@
-"""Batches for the training loop: sliced from in-memory uint8 tensors, or decoded from files.
+"""Batches for the training loop: sliced from uint8 tensors, mapped files, or decoded files.
 
-In-memory splits (ImageTensors) need no workers: a batch is an index op. Streamed folders
-(ImageFiles) are decoded by DataLoader workers into uint8 batches. Either way the same
-BatchTransform then converts and augments the batch on the training device.
+In-memory splits (ImageTensors) need no workers: a batch is an index op, on the GPU when the
+set fits there (`fits_on_device`). Memory-mapped splits (MappedImages) gather each batch's
+rows through the page cache (faulted in file order). Streamed folders (ImageFiles) are decoded
+by DataLoader workers into uint8 batches. Either way the same BatchTransform then converts and
+augments the batch on the training device. For CUDA, batches gathered on the host go to pinned
+memory (a background thread gathers a few ahead) and are copied with non_blocking=True: no
+step waits for the host.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .images import BadImage, decode_file
-from .splits import ImageFiles, ImageTensors
+from .splits import ImageFiles, ImageTensors, MappedImages, select_rows
 from .transforms import BatchTransform
+
+# An in-memory set lives on the GPU when it takes at most this share of its free memory
+# (the rest is for the model, its activations and the other splits).
+DEVICE_DATA_SHARE = 0.5
+GATHER_AHEAD = 3  # batches a CUDA run's gather thread prepares ahead
 
 log = logging.getLogger("cnnbench")
 
 
 class TensorLoader:
-    """Yields (normalized float images, labels) batches on `device`.
+    """Yields (normalized float images, labels) batches on `device`; the labels are
+    N x classes soft targets instead when the transform mixes (MixUp/CutMix).
 
     The order of epoch e depends only on (seed, e), the augmentation of its batch i only on
     (seed, e, rank, i), so a run resumed anywhere sees the same batches as an uninterrupted
     one, in memory or streamed alike; `set_epoch(e, start_step=k)` starts at batch k + 1.
+    `limit` (limit_*_batches) ends every epoch after that many batches (a count >= 1) or
+    that fraction of them (< 1): the first ones of the epoch's order.
     """
 
     def __init__(
         self,
-        data: ImageTensors | ImageFiles,
+        data: ImageTensors | MappedImages | ImageFiles,
         batch_size: int,
         transform: BatchTransform,
         device: torch.device,
@@ -41,13 +56,15 @@ class TensorLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        limit: float | None = None,
     ) -> None:
-        pin = device.type == "cuda"
-        self.stream = _FileBatches(data, batch_size, pin) if isinstance(data, ImageFiles) else None
+        # Batches gathered or decoded on the host; None: index ops on self.images.
+        self.stream = _host_source(data, batch_size, device)
+        self.labels = data.labels
         if self.stream is None:
-            # Small datasets live on the device whole: one copy, then batches are index ops there.
-            self.images = data.images.to(device) if pin else data.images
-        self.labels = data.labels.to(device) if pin and self.stream is None else data.labels
+            # In memory (and on the GPU when it fits there): batches are index ops.
+            self.images = data.images.to(device)
+            self.labels = data.labels.to(device)
         self.batch_size = batch_size
         self.transform = transform
         self.device = device
@@ -58,6 +75,7 @@ class TensorLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.rank, self.world_size = rank, world_size
+        self.limit = limit
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Iterate epoch `epoch` from batch `start_step` on (a resumed epoch skips the
@@ -76,7 +94,17 @@ class TensorLoader:
         """Samples per epoch: a shuffled (training) epoch drops a trailing batch of one
         sample, which BatchNorm cannot normalize; evaluation always sees every sample."""
         n = self._shard_size()
-        return n - 1 if self.shuffle and n > 1 and n % self.batch_size == 1 else n
+        n = n - 1 if self.shuffle and n > 1 and n % self.batch_size == 1 else n
+        return n if self.limit is None else min(n, self._limited_batches(n) * self.batch_size)
+
+    def _limited_batches(self, n: int) -> int:
+        """Batches of an epoch of `n` samples under `limit` (all when None)."""
+        full = (n + self.batch_size - 1) // self.batch_size
+        if self.limit is None:
+            return full
+        if self.limit >= 1:
+            return min(full, int(self.limit))
+        return min(full, max(1, int(full * self.limit)))
 
     def __len__(self) -> int:
         return (self._epoch_size() + self.batch_size - 1) // self.batch_size
@@ -93,7 +121,9 @@ class TensorLoader:
         """
         n = len(self.labels)
         if not self.shuffle:
-            return None if self.world_size == 1 else torch.arange(self.rank, n, self.world_size)
+            if self.world_size == 1:
+                return None
+            return torch.arange(self.rank, n, self.world_size)[: self._epoch_size()]
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(n, generator=gen)
         if self.world_size > 1:
@@ -114,29 +144,101 @@ class TensorLoader:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The epoch's uint8 batches in `order`, without its first `skip` samples."""
         if order is None and self.stream is None:  # in order, in memory: slices, no copies
-            for start in range(skip, len(self.labels), self.batch_size):
-                end = start + self.batch_size
+            size = self._epoch_size()
+            for start in range(skip, size, self.batch_size):
+                end = min(start + self.batch_size, size)
                 yield self.images[start:end], self.labels[start:end]
             return
-        order = (torch.arange(len(self.labels)) if order is None else order)[skip:]
+        order = (torch.arange(self._epoch_size()) if order is None else order)[skip:]
         if self.stream is not None:
             yield from self.stream.batches(order)
             return
+        order = order.to(self.images.device, non_blocking=True)  # once per epoch, no sync
         for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size].to(self.images.device)
+            idx = order[start : start + self.batch_size]
             # index_select: ~10x faster than images[idx] (advanced indexing) on CPU
             yield self.images.index_select(0, idx), self.labels.index_select(0, idx)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         first = self.start_step
         batches = self._uint8_batches(self._order(), first * self.batch_size)
+        mix = self.transform.mix  # MixUp/CutMix: labels become soft targets (None: off)
         for step, (x, y) in enumerate(batches, first + 1):
             gen = self._augmentation_rng(step) if self.transform.train else None
             x = self.transform(x.to(self.device, non_blocking=True), gen)
-            yield (
-                x.contiguous(memory_format=self.memory_format),
-                y.to(self.device, non_blocking=True),
-            )
+            y = y.to(self.device, non_blocking=True)
+            if mix is not None:
+                x, y = mix(x, y, gen)
+            yield x.contiguous(memory_format=self.memory_format), y
+
+
+def fits_on_device(nbytes: int, device: torch.device) -> bool:
+    """Whether an in-memory set of `nbytes` may live on `device` (CUDA): at most
+    DEVICE_DATA_SHARE of its free memory. CPU sets stay where they are."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_DATA_SHARE * free
+
+
+def _host_source(
+    data: ImageTensors | MappedImages | ImageFiles, batch_size: int, device: torch.device
+) -> _FileBatches | _HostBatches | None:
+    """Where a split's batches come from: decoded by workers, gathered on the host, or None
+    (index ops on the set itself, on `device`)."""
+    if isinstance(data, ImageFiles):
+        return _FileBatches(data, batch_size, device.type == "cuda")
+    if isinstance(data, MappedImages):
+        return _HostBatches(data.gather, data.labels, batch_size, device)
+    if not fits_on_device(data.images.nbytes, device):
+        log.info(
+            f"{data.images.nbytes / 2**20:,.0f} MB of images stay in host memory (more than "
+            f"{DEVICE_DATA_SHARE:.0%} of the GPU's free memory): batches are copied over"
+        )
+        return _HostBatches(partial(select_rows, data.images), data.labels, batch_size, device)
+    return None
+
+
+class _HostBatches:
+    """uint8 batches gathered on the host: from the memory-mapped cache, or from memory when
+    the set is too large for the GPU.
+
+    On CPU the gather runs inline (a thread would compete with torch's own threads). For CUDA
+    one background thread gathers GATHER_AHEAD batches ahead into pinned memory, so the
+    page-cache (or disk) reads overlap the GPU's work and the copies are asynchronous.
+    """
+
+    def __init__(
+        self,
+        gather: Callable[[torch.Tensor, bool], torch.Tensor],
+        labels: torch.Tensor,
+        batch_size: int,
+        device: torch.device,
+    ) -> None:
+        self.gather, self.labels, self.batch_size = gather, labels, batch_size
+        self.pin = device.type == "cuda"
+        self.device_index = device.index  # the gather thread pins for this GPU
+
+    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.labels.index_select(0, index)
+        return self.gather(index, self.pin), (y.pin_memory() if self.pin else y)
+
+    def batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        chunks = order.split(self.batch_size)
+        if not self.pin:
+            yield from map(self._batch, chunks)
+            return
+        device = torch.cuda.current_device() if self.device_index is None else self.device_index
+        pool = ThreadPoolExecutor(1, "cnnbench-gather", torch.cuda.set_device, (device,))
+        ahead = deque(pool.submit(self._batch, c) for c in chunks[:GATHER_AHEAD])
+        try:
+            for k in range(len(chunks)):
+                batch = ahead.popleft().result()
+                if k + GATHER_AHEAD < len(chunks):
+                    ahead.append(pool.submit(self._batch, chunks[k + GATHER_AHEAD]))
+                yield batch
+        finally:  # also when the epoch stops early (Ctrl-C, an error)
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _FileSet(Dataset):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
 from .cache import cache_root, load_json, save_json
-from .splits import DataSplits
 
 log = logging.getLogger("cnnbench")
 
@@ -50,17 +50,19 @@ def _finish(total: torch.Tensor, total_sq: torch.Tensor, count: int):
     return mean.tolist(), std.tolist()
 
 
-def split_stats(data: DataSplits) -> tuple[list[float], list[float]]:
-    """Mean/std of `data.train`: from the folder scan's sums, else cached per dataset."""
-    train = data.train
+def split_stats(
+    train: Any, key: str | None, cache_dir: str | None, name: str
+) -> tuple[list[float], list[float]]:
+    """Mean/std of a train split (ImageTensors or ImageFiles): from the folder scan's sums,
+    else computed once and cached under `key` (the split's content key)."""
     if train.sums is not None:  # folders: measured during the scan, exact and instant
         _, h, w = train.image_shape
         return stats_from_sums(train.sums, h * w)
-    path = cache_root(data.cache_dir) / "stats" / f"{data.stats_key}.json"
-    cached = load_json(path) if data.stats_key else None
+    path = cache_root(cache_dir) / "stats" / f"{key}.json"
+    cached = load_json(path) if key else None
     if cached is not None and len(cached.get("mean", [])) == train.image_shape[0]:
         return cached["mean"], cached["std"]
     mean, std = channel_stats(train.images)
-    if data.stats_key:
-        save_json(path, dict(dataset=data.name, images=len(train), mean=mean, std=std))
+    if key:
+        save_json(path, dict(dataset=name, images=len(train), mean=mean, std=std))
     return mean, std

@@ -2,11 +2,15 @@
 
 Images stay uint8 in memory; each batch goes to the training device and through a list of
 ops there as a whole (resize, random crop with zero padding, random resized crop, center crop,
-horizontal flip), then one fused pass converts it to float and normalizes. `PIPELINE` orders
-the ops; each op reads its own keys of the transforms config. The random draws come from a
-CPU generator, so a seed gives the same augmentation on any device. The draws follow
-torchvision's per-sample transforms (RandomCrop, RandomResizedCrop, RandomHorizontalFlip):
-same distributions, one batch at a time.
+horizontal flip, AutoAugment/RandAugment/TrivialAugmentWide, color jitter), then one fused
+pass converts it to float and normalizes; random erasing runs on the normalized batch, as
+torchvision erases after Normalize. `PIPELINE` orders the ops; each op reads its own keys of
+the transforms config. The random draws come from a CPU generator, so a seed gives the same
+augmentation on any device; they reach a GPU with non_blocking copies (a blocking copy
+makes the host wait for the GPU, every step). The draws follow torchvision's per-sample transforms
+(RandomCrop, RandomResizedCrop, RandomHorizontalFlip, the auto-augment policies, ColorJitter,
+RandomErasing): same distributions, one draw per image, one batch at a time. MixUp/CutMix
+need the labels: `BatchTransform.mix` (data/mixing.py), which the loader applies last.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..config import CropMode, Normalize
+from ..config import AutoAugmentPolicy, CropMode, Normalize
+from .autoaugment import apply_rounds, color_jitter_draws, policy_draws
+from .mixing import MixUpCutMix
 from .stats import IMAGENET_MEAN, IMAGENET_STD
 
 Stats = tuple[list[float], list[float]]
@@ -51,13 +57,17 @@ def resolve_stats(tcfg, train_stats: Stats | Callable[[], Stats], channels: int)
 class BatchOp:
     """One step of a batch pipeline: an N x C x H x W batch on the device in, a batch out.
 
-    The batch is uint8 or float; random draws come from `gen` (a CPU generator, None: the
-    global one), a fixed number per batch. A subclass sets `needs_float` (the pipeline converts
-    a uint8 batch before calling it), `train_only` (an augmentation: never in the eval
-    pipeline), `output_size` when it changes the image size, and `from_config`.
+    The batch is uint8 or float (0..255); random draws come from `gen` (a CPU generator,
+    None: the global one), a fixed number per batch. A subclass sets `needs_float` (the
+    pipeline converts a uint8 batch before calling it), `needs_uint8` (a float batch is
+    rounded back to uint8 first, as torchvision's uint8 ops see it), `after_normalize` (it
+    gets the normalized float batch instead), `train_only` (an augmentation: never in the
+    eval pipeline), `output_size` when it changes the image size, and `from_config`.
     """
 
     needs_float: ClassVar[bool] = False
+    needs_uint8: ClassVar[bool] = False
+    after_normalize: ClassVar[bool] = False
     train_only: ClassVar[bool] = False
 
     @classmethod
@@ -72,9 +82,12 @@ class BatchOp:
         raise NotImplementedError
 
 
+def _enum_value(value: Any) -> str:
+    return value.value if isinstance(value, Enum) else value
+
+
 def _crop_mode(tcfg: Any) -> CropMode:
-    mode = tcfg.crop_mode
-    return CropMode(mode.value if isinstance(mode, Enum) else mode)
+    return CropMode(_enum_value(tcfg.crop_mode))
 
 
 @dataclass(frozen=True)
@@ -201,7 +214,83 @@ class RandomHorizontalFlip(BatchOp):
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         flip = torch.rand(x.shape[0], generator=gen) < 0.5
-        return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+        return torch.where(flip.to(x.device, non_blocking=True).view(-1, 1, 1, 1), x.flip(3), x)
+
+
+@dataclass(frozen=True)
+class AutoAugment(BatchOp):
+    """transforms.auto_augment: TrivialAugmentWide (trivial), RandAugment (rand: rand_ops ops
+    at bin rand_magnitude of 31) or AutoAugment's cifar10/imagenet/svhn policies, with
+    torchvision's spaces, bins and signs; each image draws its own ops (data/autoaugment.py).
+    """
+
+    needs_uint8 = True
+    train_only = True
+    policy: str
+    num_ops: int = 2
+    magnitude: int = 9
+
+    @classmethod
+    def from_config(cls, tcfg: Any, train: bool) -> AutoAugment | None:
+        policy = _enum_value(tcfg.auto_augment)
+        if policy == AutoAugmentPolicy.none.value:
+            return None
+        return cls(policy, tcfg.rand_ops, tcfg.rand_magnitude)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        rounds = policy_draws(self.policy, n, h, w, gen, self.num_ops, self.magnitude)
+        return apply_rounds(x, rounds)
+
+
+@dataclass(frozen=True)
+class ColorJitter(BatchOp):
+    """transforms.color_jitter=s: torchvision's ColorJitter(brightness=s, contrast=s,
+    saturation=s) per image (its own factors and order), on uint8 as torchvision's kernels."""
+
+    needs_uint8 = True
+    train_only = True
+    strength: float
+
+    @classmethod
+    def from_config(cls, tcfg: Any, train: bool) -> ColorJitter | None:
+        return cls(float(tcfg.color_jitter)) if tcfg.color_jitter > 0 else None
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        return apply_rounds(x, color_jitter_draws(x.shape[0], self.strength, gen))
+
+
+@dataclass(frozen=True)
+class RandomErasing(BatchOp):
+    """transforms.erasing=p: torchvision's RandomErasing(p, scale, ratio, value=0) per image.
+
+    It runs on the normalized batch, where torchvision's presets erase, so an erased box is
+    0 there (the mean colour), exactly as in torchvision's order.
+    """
+
+    after_normalize = True
+    train_only = True
+    p: float
+    scale: tuple[float, float] = (0.02, 0.33)
+    ratio: tuple[float, float] = (0.3, 3.3)
+
+    @classmethod
+    def from_config(cls, tcfg: Any, train: bool) -> RandomErasing | None:
+        return cls(float(tcfg.erasing)) if tcfg.erasing > 0 else None
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        on = torch.rand(n, generator=gen) < self.p
+        top, left, eh, ew = erasing_boxes(n, h, w, self.scale, self.ratio, gen)
+        top, left, eh, ew = (
+            v.to(x.device, non_blocking=True) for v in (top, left, torch.where(on, eh, 0), ew)
+        )
+        rows = torch.arange(h, device=x.device)
+        cols = torch.arange(w, device=x.device)
+        in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])
+        in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])
+        # x is the pipeline's own normalized batch: erase in place
+        return x.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)
 
 
 class FloatNormalize:
@@ -217,15 +306,18 @@ class FloatNormalize:
         self.shift = (torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.scale.to(x.device), self.shift.to(x.device)
+        scale = self.scale.to(x.device, non_blocking=True)
+        shift = self.shift.to(x.device, non_blocking=True)
         return (x * scale).sub_(shift)
 
 
 class BatchTransform:
     """uint8 batch (N x C x H x W) on the device -> normalized float batch for the model.
 
-    Runs `ops` in order, then the fused normalize. With no ops it only normalizes:
-    BatchTransform(train=False, mean=..., std=...) is the pipeline of `cnnbench predict`.
+    Runs `ops` in order, then the fused normalize, then the ops marked `after_normalize`.
+    With no ops it only normalizes: BatchTransform(train=False, mean=..., std=...) is the
+    pipeline of `cnnbench predict`. `mix` (MixUp/CutMix, None: off) is the label-aware step
+    the loader applies to (batch, labels) after the transform.
     """
 
     def __init__(
@@ -235,9 +327,13 @@ class BatchTransform:
         train: bool,
         mean: Sequence[float],
         std: Sequence[float],
+        mix: MixUpCutMix | None = None,
     ) -> None:
         self.ops = tuple(ops)
+        self.before = tuple(op for op in self.ops if not op.after_normalize)
+        self.after = tuple(op for op in self.ops if op.after_normalize)
         self.train = train
+        self.mix = mix
         self.normalize = FloatNormalize(mean, std)
         self.mean, self.std = self.normalize.mean, self.normalize.std
 
@@ -247,14 +343,20 @@ class BatchTransform:
         return height, width
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        for op in self.ops:
+        for op in self.before:
             if op.needs_float and not x.is_floating_point():
                 x = x.float()
+            elif op.needs_uint8 and x.is_floating_point():
+                x = x.round().clamp_(0, 255).to(torch.uint8)
             x = op(x, gen)
-        return self.normalize(x)
+        x = self.normalize(x)
+        for op in self.after:
+            x = op(x, gen)
+        return x
 
     def __repr__(self) -> str:
-        return f"BatchTransform(train={self.train}, ops={list(self.ops)})"
+        mix = "" if self.mix is None else f", mix={self.mix}"
+        return f"BatchTransform(train={self.train}, ops={list(self.ops)}{mix})"
 
 
 def crop_offsets(
@@ -294,7 +396,8 @@ def crop_and_flip(
     cols = left[:, None] + torch.arange(width)  # n x W
     if flip is not None:
         cols = torch.where(flip[:, None], cols.flip(1), cols)
-    index = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, height * width).to(x.device)
+    index = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, height * width)
+    index = index.to(x.device, non_blocking=True)
     flat = x.reshape(n, c, h * w)
     # Chunks keep the int64 index small for big images (it is n x H x W).
     step = max(1, (1 << 22) // (height * width))
@@ -326,6 +429,28 @@ def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[..., top : top + height, left : left + width]
 
 
+def _tries(
+    n: int,
+    area: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    gen: torch.Generator | None,
+    attempts: int,
+) -> tuple[torch.Tensor, ...]:
+    """n x attempts tries of (area fraction uniform in `scale` times `area`, aspect ratio
+    log-uniform in `ratio`, two uniforms for the offsets), drawn at once (float64)."""
+    log_ratio = torch.log(torch.tensor(ratio, dtype=torch.float64))
+    u = torch.rand((4, n, attempts), generator=gen, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+    aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
+    return target, aspect, u[2], u[3]
+
+
+def _first_fit(fits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index of the first try that fits, whether any does) per image."""
+    return fits.float().argmax(dim=1), fits.any(dim=1)
+
+
 def resized_crop_params(
     n: int,
     height: int,
@@ -341,18 +466,14 @@ def resized_crop_params(
     aspect ratio in `ratio`; the first crop that fits wins, else a center crop clamped to
     `ratio`. All tries are drawn at once, so the draws per batch are fixed in number.
     """
-    area = height * width
-    log_ratio = torch.log(torch.tensor(ratio, dtype=torch.float64))
-    u = torch.rand((4, n, attempts), generator=gen, dtype=torch.float64)
-    target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
-    aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
+    target, aspect, u_top, u_left = _tries(n, height * width, scale, ratio, gen, attempts)
     cw = torch.sqrt(target * aspect).round()
     ch = torch.sqrt(target / aspect).round()
     fits = (cw > 0) & (cw <= width) & (ch > 0) & (ch <= height)
     # torch.randint(0, k + 1) is floor(U * (k + 1)): the same uniform offsets.
-    top = (u[2] * (height - ch + 1)).floor()
-    left = (u[3] * (width - cw + 1)).floor()
-    first = torch.where(fits.any(dim=1), fits.float().argmax(dim=1), -1)
+    top = (u_top * (height - ch + 1)).floor()
+    left = (u_left * (width - cw + 1)).floor()
+    first, ok = _first_fit(fits)
     # Fallback (no try fits): the whole image, clamped to the allowed aspect ratios.
     in_ratio = width / height
     if in_ratio < min(ratio):
@@ -361,8 +482,7 @@ def resized_crop_params(
         fw, fh = int(round(height * max(ratio))), height
     else:
         fw, fh = width, height
-    pick = first.clamp_min(0)[:, None]
-    ok = first >= 0
+    pick = first[:, None]
 
     def choose(values: torch.Tensor, fallback: float) -> torch.Tensor:
         chosen = values.gather(1, pick).squeeze(1)
@@ -374,6 +494,31 @@ def resized_crop_params(
         choose(ch, fh),
         choose(cw, fw),
     )
+
+
+def erasing_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    gen: torch.Generator | None,
+    attempts: int = 10,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(top, left, box height, box width) for n images: RandomErasing.make_params, batched.
+
+    Up to 10 tries of an area in `scale` and a log-uniform ratio (box height over width);
+    the first box smaller than the image on both sides wins; none: an empty box (no erase).
+    """
+    target, aspect, u_top, u_left = _tries(n, height * width, scale, ratio, gen, attempts)
+    bh = torch.sqrt(target * aspect).round()
+    bw = torch.sqrt(target / aspect).round()
+    first, ok = _first_fit((bh < height) & (bw < width))
+    pick = first[:, None]
+    bh, bw = (v.gather(1, pick).squeeze(1) for v in (bh, bw))
+    top = (u_top.gather(1, pick).squeeze(1) * (height - bh + 1)).floor()
+    left = (u_left.gather(1, pick).squeeze(1) * (width - bw + 1)).floor()
+    return top.long(), left.long(), torch.where(ok, bh, 0).long(), torch.where(ok, bw, 0).long()
 
 
 def random_resized_crop(
@@ -395,12 +540,13 @@ def random_resized_crop(
     n, _, h, w = x.shape
     top, left, ch, cw = resized_crop_params(n, h, w, scale, ratio, gen)
     boxes = torch.stack([torch.arange(n), left, top, left + cw, top + ch], dim=1).to(
-        device=x.device, dtype=x.dtype
+        device=x.device, dtype=x.dtype, non_blocking=True
     )
     return roi_align(x, boxes, (height, width), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
-# Pipeline order, as torchvision's classification presets: size, crops, flips; then normalize.
+# Pipeline order, as torchvision's classification presets (and timm's color jitter after the
+# auto-augment policy): size, crops, flips, policy, color; then normalize; then erasing.
 # A new op: its class above, its place here, its field in TransformsConfig.
 PIPELINE: tuple[type[BatchOp], ...] = (
     Resize,
@@ -408,6 +554,9 @@ PIPELINE: tuple[type[BatchOp], ...] = (
     RandomResizedCrop,
     CenterCrop,
     RandomHorizontalFlip,
+    AutoAugment,
+    ColorJitter,
+    RandomErasing,
 )
 
 
@@ -420,15 +569,20 @@ def pipeline_ops(tcfg: Any, train: bool) -> list[BatchOp]:
 
 
 def build_transforms(
-    tcfg: Any, train_stats: Stats | Callable[[], Stats], channels: int
+    tcfg: Any,
+    train_stats: Stats | Callable[[], Stats],
+    channels: int,
+    num_classes: int | None = None,
 ) -> tuple[BatchTransform, BatchTransform]:
-    """(train, eval) pipelines of a transforms preset; eval never augments.
+    """(train, eval) pipelines of a transforms preset; eval never augments nor mixes.
 
     `train_stats` is (mean, std) or a function computing them (called only for normalize=auto,
-    e.g. DataSplits.train_stats, which caches them per dataset).
+    e.g. DataSplits.train_stats, which caches them per dataset). `num_classes` sizes the soft
+    targets of MixUp/CutMix (needed only when they are on).
     """
     mean, std = resolve_stats(tcfg, train_stats, channels)
+    mix = MixUpCutMix.from_config(tcfg, num_classes)
     return (
-        BatchTransform(pipeline_ops(tcfg, True), train=True, mean=mean, std=std),
+        BatchTransform(pipeline_ops(tcfg, True), train=True, mean=mean, std=std, mix=mix),
         BatchTransform(pipeline_ops(tcfg, False), train=False, mean=mean, std=std),
     )

@@ -1,38 +1,32 @@
-"""Model zoo: importing this package registers every family, one module per family."""
+"""Model zoo: one module per family (importing it registers its models), plus helpers.
+
+Importing this package imports nothing heavy: `cnnbench.models.catalog` (every model name,
+size and parameter count, as data) is read without torch; the names below load their module
+(and torch) on first use, and the registry imports the family modules when a model is built.
+"""
 
 from importlib import import_module
-from pkgutil import iter_modules
+from typing import Any
 
-from .registry import (
-    ModelInfo,
-    check_input_size,
-    count_params,
-    create_model,
-    get_model_info,
-    model_names,
-    register_model,
-    registered_models,
-)
-from .weights import apply_weights
+_EXPORTS = {
+    "FAMILIES": "registry",
+    "ModelInfo": "registry",
+    "check_input_size": "registry",
+    "count_params": "registry",
+    "create_model": "registry",
+    "get_model_info": "registry",
+    "load_families": "registry",
+    "model_names": "registry",
+    "native_input_size": "registry",
+    "register_model": "registry",
+    "registered_models": "registry",
+    "apply_weights": "weights",
+}
 
-# Every module of this package but the helpers is a family; importing it registers its
-# models. Registration order is the order `cnnbench models` lists them in: these first, then
-# any other family file (a new one needs no edit here).
-FAMILIES = ("lenet", "alexnet", "vgg", "resnet", "fastnet")
-_HELPERS = {"registry", "summary", "weights"}
-_OTHERS = sorted(m.name for m in iter_modules(__path__) if m.name not in (*FAMILIES, *_HELPERS))
-for _family in (*FAMILIES, *_OTHERS):
-    import_module(f".{_family}", __name__)
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "FAMILIES",
-    "ModelInfo",
-    "apply_weights",
-    "check_input_size",
-    "count_params",
-    "create_model",
-    "get_model_info",
-    "model_names",
-    "register_model",
-    "registered_models",
-]
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,15 +1,32 @@
-"""Model registry (timm-style): a name maps to a builder plus the facts a user needs."""
+"""Model registry (timm-style): a name maps to a builder plus the facts a user needs.
+
+cnnbench's own models register with `@register_model` in their family module
+(`models/<family>.py`, imported when a model is first looked up); torchvision's classifiers
+and timm's architectures (`timm/<arch>`) are built by `torchvision_zoo` / `timm_zoo` from the
+catalog's facts (`catalog.py`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from importlib import import_module
+from pkgutil import iter_modules
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import CnnbenchError
+from .catalog import TORCHVISION, catalog_names, find_entry, is_timm
+
+# The zoo's families, in the order `cnnbench models` lists them; any other module of this
+# package but the helpers is a family too (a new one needs no edit here).
+FAMILIES = ("lenet", "alexnet", "vgg", "resnet", "fastnet")
+HELPERS = frozenset(
+    {"registry", "summary", "weights", "catalog", "catalog_table", "torchvision_zoo", "timm_zoo"}
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +39,7 @@ class ModelInfo:
     num_classes: int  # default classes, as in SPEC.md's table
     source: str  # where the architecture comes from
     torchvision: str | None = None  # torchvision builder whose ImageNet .pth files load as-is
+    weights: str | None = None  # that builder's weights entry whose file fits (None: DEFAULT)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -46,6 +64,19 @@ def register_model(
     return decorate
 
 
+def families() -> list[str]:
+    """The family modules: FAMILIES first, then any other module of the package, sorted."""
+    package = import_module(__package__)
+    found = sorted(m.name for m in iter_modules(package.__path__))
+    return [*FAMILIES, *(m for m in found if m not in FAMILIES and m not in HELPERS)]
+
+
+def load_families() -> None:
+    """Import every family module (each registers its models)."""
+    for family in families():
+        import_module(f".{family}", __package__)
+
+
 def replace_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     """`conv` itself for its own input channels, else a fresh Conv2d like it for `in_channels`.
 
@@ -60,7 +91,9 @@ def replace_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
         kernel_size=conv.kernel_size,
         stride=conv.stride,
         padding=conv.padding,
+        dilation=conv.dilation,
         bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
     )
     nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
     if new.bias is not None:
@@ -69,27 +102,71 @@ def replace_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 
 
 def model_names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Every model name of the catalog (the zoo's and torchvision's), sorted."""
+    return sorted(catalog_names())
 
 
 def registered_models() -> list[ModelInfo]:
-    """Every model in registration order (family by family, as the zoo table lists them)."""
-    return list(_REGISTRY.values())
+    """cnnbench's own models, family by family in registration order (the zoo table)."""
+    load_families()
+    order = {f"{__package__}.{family}": i for i, family in enumerate(families())}
+    return sorted(_REGISTRY.values(), key=lambda info: order.get(info.builder.__module__, -1))
+
+
+def _unknown_model(name: str) -> CnnbenchError:
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, catalog_names(), n=3, cutoff=0.6)
+    hint = f" (did you mean {' / '.join(close)}?)" if close else ""
+    return CnnbenchError(
+        f"unknown model {name!r}; valid models: {', '.join(model_names())}{hint}; "
+        "`cnnbench models --all` describes them, model=timm model.arch=NAME builds timm's"
+    )
 
 
 def get_model_info(name: str) -> ModelInfo:
-    try:
+    """The zoo's model, else torchvision's classifier, else timm's `timm/<arch>`."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
+    if is_timm(name):
+        from .timm_zoo import timm_info
+
+        return timm_info(name)
+    entry = find_entry(name)
+    if entry is None or entry.module != TORCHVISION:
+        load_families()  # registers the zoo (also a model not in the catalog yet)
+        if name in _REGISTRY:
+            return _REGISTRY[name]
+    if entry is None:
+        raise _unknown_model(name)
+    if entry.module != TORCHVISION:  # in the catalog, but its family no longer has it
         raise CnnbenchError(
-            f"unknown model {name!r}; valid models: {', '.join(model_names())}"
-        ) from None
+            f"model {name!r} is in the catalog but {entry.module} does not register it; "
+            "regenerate the catalog: python scripts/model_catalog.py"
+        )
+    from .torchvision_zoo import build_torchvision
+
+    return ModelInfo(
+        name,
+        partial(build_torchvision, name),
+        entry.input_size,
+        entry.num_classes,
+        entry.source,
+        torchvision=name,
+        weights=entry.weights,
+    )
+
+
+def native_input_size(name: str) -> tuple[int, int, int]:
+    """The (C, H, W) the model `name` was designed for (its weights' crop size)."""
+    entry = find_entry(name)
+    return entry.input_size if entry is not None else get_model_info(name).input_size
 
 
 def create_model(
     name: str, num_classes: int | None = None, in_channels: int | None = None
 ) -> nn.Module:
-    """Build a registered model; unset sizes fall back to the model's defaults."""
+    """Build a model by name; unset sizes fall back to the model's defaults."""
     info = get_model_info(name)
     return info.builder(
         num_classes=info.num_classes if num_classes is None else num_classes,
@@ -172,7 +249,7 @@ def check_input_size(
     try:
         with torch.no_grad():
             model(torch.zeros(2, *input_size, device=device))
-    except RuntimeError as err:
+    except (RuntimeError, AssertionError, ValueError) as err:  # ViT: AssertionError
         presets = transforms_presets_for(h) if h == w else []
         fits = (
             f", or the transforms preset made for {h}x{w} images: "

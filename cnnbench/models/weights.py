@@ -2,9 +2,11 @@
 
 A file is either a raw state_dict (torchvision's ImageNet `.pth` files) or a cnnbench
 checkpoint (`{"model": state_dict, ...}`, e.g. a run's best.pt). Every tensor must fit the
-model; the only exception is the classifier head (the model's last Linear layer), which is
-left freshly initialized when the file was trained for another number of classes. Anything
-else that does not fit stops the run with one message, before a single tensor is copied.
+model; the exceptions are the classifier head (`classifier_head`), which is left freshly
+initialized when the file was trained for another number of classes, and the auxiliary
+classifiers of GoogLeNet / Inception-v3 files (cnnbench builds those models without them).
+Anything else that does not fit stops the run with one message, before a single tensor is
+copied.
 """
 
 from __future__ import annotations
@@ -24,19 +26,46 @@ from .registry import count_params, get_model_info
 log = logging.getLogger("cnnbench")
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
+# Auxiliary classifiers in torchvision's GoogLeNet / Inception-v3 files (training-time only).
+AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 
 
-def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The model's last Linear layer (torchvision's `classifier.6` / `fc`) and its name."""
-    heads = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not heads:
-        raise CnnbenchError(f"{model.__class__.__name__} has no Linear classifier head")
-    return heads[-1]
+def classifier_head(model: nn.Module) -> tuple[str, nn.Module]:
+    """The layer that outputs the logits, and its name.
+
+    timm models name it (`get_classifier()`); otherwise it is the last Linear layer, which for
+    every torchvision family is the head: `fc` (ResNet, RegNet, ShuffleNet, GoogLeNet,
+    Inception), `classifier.N` (AlexNet, VGG, DenseNet, MobileNet, EfficientNet, MNASNet,
+    ConvNeXt, MaxViT), `heads.head` (ViT), `head` (Swin). SqueezeNet has no Linear layer: its
+    head is the last Conv2d (`classifier.1`, a 1x1 convolution to the classes).
+    """
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        head = get()
+        for name, module in model.named_modules():
+            if module is head and isinstance(module, (nn.Linear, nn.Conv2d)):
+                return name, module
+    for kind in (nn.Linear, nn.Conv2d):
+        heads = [(name, m) for name, m in model.named_modules() if isinstance(m, kind)]
+        if heads:
+            return heads[-1]
+    raise CnnbenchError(f"{model.__class__.__name__} has no Linear or Conv2d classifier head")
+
+
+def head_outputs(head: nn.Module) -> int:
+    return head.out_features if isinstance(head, nn.Linear) else head.out_channels
 
 
 def torchvision_weights_hint(name: str) -> str:
     """Where the ImageNet weights for `name` come from, or what else to use."""
-    tv = get_model_info(name).torchvision
+    info = get_model_info(name)
+    tv = info.torchvision
+    if name.startswith("timm/"):
+        return (
+            f"for {name!r} that is a state_dict saved on a connected machine with "
+            f"torch.save(timm.create_model({name[5:]!r}, pretrained=True).state_dict(), PATH), "
+            "or a cnnbench checkpoint (a run's best.pt)"
+        )
     if tv is None:
         return (
             f"{name!r} has no published pretrained weights; use a cnnbench checkpoint of it "
@@ -44,11 +73,12 @@ def torchvision_weights_hint(name: str) -> str:
         )
     import torchvision.models as tvm
 
-    url = tvm.get_model_weights(tv).DEFAULT.url
+    enum = tvm.get_model_weights(tv)
+    url = (enum[info.weights] if info.weights else enum.DEFAULT).url
     file = url.rsplit("/", 1)[-1]
     return (
         f"for {name!r} that is torchvision's ImageNet file {file} (from {url}; a machine that "
-        f"ran torchvision.models.{tv}(weights='DEFAULT') has it in "
+        f"ran torchvision.models.{tv}(weights='{info.weights or 'DEFAULT'}') has it in "
         "~/.cache/torch/hub/checkpoints/), or a cnnbench checkpoint (a run's best.pt)"
     )
 
@@ -92,6 +122,13 @@ def load_state(
     CnnbenchError listing what does not fit, before anything is copied.
     """
     own = model.state_dict()
+    aux = [k for k in state if k.startswith(AUX_PREFIXES) and k not in own]
+    if aux:
+        kept = OrderedDict((k, v) for k, v in state.items() if k not in set(aux))
+        if hasattr(state, "_metadata"):
+            kept._metadata = state._metadata
+        state = kept
+        log.info(f"left out the file's {len(aux)} auxiliary-classifier tensors ({aux[0]}, ...)")
     head_name, head = classifier_head(model)
     head_keys = {f"{head_name}.weight", f"{head_name}.bias"}
     # Files saved before PyTorch 0.4.1 lack BatchNorm's counters; load_state_dict fills them in.
@@ -128,7 +165,7 @@ def load_state(
             keep._metadata = state._metadata
         model.load_state_dict(keep, strict=False)  # checked above: only the head is left out
         old = state[f"{head_name}.weight"].shape[0]
-        return f"{head_name} ({old} -> {head.out_features} classes, freshly initialized)"
+        return f"{head_name} ({old} -> {head_outputs(head)} classes, freshly initialized)"
     model.load_state_dict(state)
     return None
 
