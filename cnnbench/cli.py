@@ -9,6 +9,8 @@ import importlib
 import os
 import sys
 
+from . import completion
+
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": (
@@ -66,6 +68,7 @@ EXAMPLES = """examples:
   cnnbench train model=alexnet_cifar dataset=cifar10 transforms=cifar epochs=10
   cnnbench train -m optimizer.lr=1e-3,1e-4 model=lenet5,alexnet_cifar
   cnnbench train --help          # groups, options and every config key
+  eval "$(cnnbench -sc install=bash)"   # Tab completion (zsh too; fish: -sc install=fish | source)
 """
 
 
@@ -82,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage(), end="")
         raise SystemExit(0 if args else 2)
+    if completion.requested(args):  # `cnnbench [train] -sc install=bash`, and the shell's Tab
+        completion.run(args, list(COMMANDS))
+        return
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         print(

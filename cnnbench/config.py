@@ -413,6 +413,18 @@ class TrainConfig:
     overfit_batches: int | None = None
 
 
+# Keys whose values are file system paths: typed unquoted, `~` and all (runs.path_overrides).
+PATH_KEYS = (
+    "dataset.root",
+    "dataset.cache_dir",
+    "dataset.csv",
+    "model.weights",
+    "resume",
+    "hydra.run.dir",
+    "hydra.sweep.dir",
+)
+
+
 def register_configs() -> None:
     """Register the top-level schema and every group option that is a schema."""
     cs = ConfigStore.instance()
@@ -787,33 +799,14 @@ def composition_error(err: Exception, overrides: list[str] = ()) -> CnnbenchErro
         first = str(cause).splitlines()[0]
         return CnnbenchError(f"bad value for {cause.full_key!r}: {first}")
     if isinstance(err, OverrideParseException):
-        return _parse_error(err, list(overrides))
+        key, _, value = err.override.partition("=")
+        return CnnbenchError(
+            f"cannot parse override {err.override!r}: {str(err).splitlines()[0]}. Overrides are "
+            f"key=value or group=option; a value with characters Hydra reads as syntax "
+            f"(~ # ( ) [ ] , = ' or letters outside ASCII) must be quoted for Hydra, inside the shell's quotes: "
+            f"\"{key}='{value}'\""
+        )
     return CnnbenchError(str(err).splitlines()[0] if str(err) else err.__class__.__name__)
-
-
-def _parse_error(err: Exception, overrides: list[str]) -> CnnbenchError:
-    """An override Hydra's lexer refuses, with the quoting that makes it a plain value."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    parser = OverridesParser.create()
-    for override in overrides:
-        try:
-            parser.parse_overrides([override])
-        except OverrideParseException:
-            key, sep, value = override.partition("=")
-            if not sep or not value or "'" in value:
-                break
-            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-            return CnnbenchError(
-                f"cannot parse override {override!r}: a value with '=', spaces, quotes, "
-                "brackets or non-ASCII letters must be quoted for Hydra: write "
-                f"'{key}=\"{escaped}\"' (the outer single quotes are for the shell)"
-            )
-    return CnnbenchError(
-        f"cannot parse override: {str(err).splitlines()[0]} (use key=value or group=option; "
-        """quote values with special characters: 'dataset.root="/data/a=b"')"""
-    )
 
 
 def compose_checked(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable
 
 import torch
@@ -96,27 +97,45 @@ def is_per_step(scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> bool:
     return isinstance(scheduler, PER_STEP_SCHEDULERS)
 
 
+def schedule_ended(scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> bool:
+    """True for a cosine schedule at its end (lr = min_lr from there on)."""
+    cosine = isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+    return cosine and scheduler.last_epoch >= scheduler.T_max
+
+
+def fresh_schedule_hint(run_dir: str) -> str:
+    """The way to train a finished run further at a useful lr: a new run from its weights."""
+    weights = shlex.quote(f"model.weights={run_dir}/best.pt")
+    return (
+        "start a new run from its weights with a fresh schedule: cnnbench rerun "
+        f"{shlex.quote(run_dir)} {weights} epochs=N"
+    )
+
+
 def retarget_scheduler(
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None, epochs: int, steps_per_epoch: int
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    epochs: int,
+    steps_per_epoch: int,
+    run_dir: str = "RUN_DIR",
 ) -> str | None:
     """After a resume with another `epochs`: make the restored schedule end at the new end.
 
-    cosine keeps its current lr and now reaches min_lr at the new last epoch (a run that had
-    already finished stays at min_lr). onecycle keeps pct_start and is re-planned for the new
-    number of steps (without this, torch refuses to step past the old total). Returns a line
-    saying what changed, or None.
+    cosine keeps its current lr and now reaches min_lr at the new last epoch; a cosine run
+    that already ended is refused (its lr is min_lr: more epochs would change nothing), naming
+    the way forward. onecycle keeps pct_start and is re-planned for the new number of steps
+    (without this, torch refuses to step past the old total). Returns a line saying what
+    changed, or None.
     """
     if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
         if scheduler.T_max == epochs:
             return None
-        old, scheduler.T_max = scheduler.T_max, epochs
-        done = scheduler.last_epoch
-        if done >= old:
-            return (
-                f"the cosine schedule already ended (epoch {old}, lr = min_lr): epochs "
-                f"{done + 1}-{epochs} run at min_lr; for a new schedule start a new run from "
-                "these weights (model.weights=RUN_DIR/best.pt)"
+        old, done = scheduler.T_max, scheduler.last_epoch
+        if schedule_ended(scheduler):
+            raise CnnbenchError(
+                f"the cosine schedule of {run_dir} ended at epoch {old} (lr = min_lr), so epochs "
+                f"{done + 1}-{epochs} would all train at min_lr; {fresh_schedule_hint(run_dir)}"
             )
+        scheduler.T_max = epochs
         return f"cosine schedule stretched from {old} to {epochs} epochs"
     if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
         total = max(1, epochs * steps_per_epoch)

@@ -38,16 +38,22 @@ def _save(fig: Any, path: Path, dpi: int = 80, tight: bool = False) -> None:
     atomic_write(Path(path), lambda f: f.write(buf.getvalue()))
 
 
+def run_label(run_dir: Path) -> str:
+    """A run's name in figure titles: its last two path parts (`2026-11-23/12-00-00`)."""
+    return "/".join(Path(run_dir).resolve().parts[-2:])
+
+
 class CurvesWriter:
     """Rewrites a run's curves.png after each epoch, without slowing quick runs down.
 
     Always on the first and the `final` epoch; in between, skipped while epochs are so quick
     that replotting every time would cost more than ~5% of the run. A plotting failure is
-    logged, never fatal to training.
+    logged, never fatal to training. The figure is titled with the run dir's name.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.title = run_label(self.path.parent)
         self.ended, self.cost = -math.inf, 0.0  # when the last refresh ended, what it cost
 
     def refresh(self, rows: Sequence[dict[str, Any]], final: bool = False) -> None:
@@ -55,22 +61,26 @@ class CurvesWriter:
         if not final and now - self.ended < _MAX_SHARE * self.cost:
             return
         try:
-            write_curves(self.path, rows)
+            write_curves(self.path, rows, self.title)
         except Exception as err:  # a figure must never stop a training run
             log.warning(f"could not write {self.path}: {err.__class__.__name__}: {err}")
         self.ended = time.perf_counter()
         self.cost = self.ended - now
 
 
-def write_curves(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Train/val loss and accuracy per epoch (metrics.csv rows) as one two-panel PNG."""
+def write_curves(path: Path, rows: Sequence[dict[str, Any]], title: str = "") -> None:
+    """Train/val loss and accuracy per epoch (metrics.csv rows) as one two-panel PNG, the
+    best epoch (lowest validation loss, best.pt's) marked with a dotted line."""
     if not rows:
         return
     epochs = [int(r["epoch"]) for r in rows]
-    fig = _figure(8, 3.2)
+    best = min(rows, key=lambda r: r["val_loss"])["epoch"]
+    fig = _figure(8, 3.5)
     loss_ax, acc_ax = fig.subplots(1, 2)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.9, wspace=0.2)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.82, wspace=0.2)
+    fig.suptitle(f"{title + ': ' if title else ''}best epoch {best} (best.pt)", fontsize="medium")
     for ax, key, title in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
+        ax.axvline(int(best), color="gray", linestyle=":", label=f"best epoch {best}")
         ax.plot(epochs, [r[f"train_{key}"] for r in rows], "o-", ms=3, label="train")
         ax.plot(epochs, [r[f"val_{key}"] for r in rows], "o-", ms=3, label="val")
         ax.set_xlabel("epoch")
@@ -101,7 +111,9 @@ def write_sweep_curves(path: Path, runs: dict[str, Sequence[dict[str, Any]]]) ->
     _save(fig, path, dpi=100, tight=True)
 
 
-def write_confusion_matrix(path: Path, matrix: Sequence[Sequence[int]], classes: list[str]) -> None:
+def write_confusion_matrix(
+    path: Path, matrix: Sequence[Sequence[int]], classes: list[str], title: str = ""
+) -> None:
     """Counts (rows: true class, columns: predicted class) with class names on both axes."""
     n = len(classes)
     side = min(max(4.0, 0.5 * n + 2.0), 30.0)
@@ -113,6 +125,8 @@ def write_confusion_matrix(path: Path, matrix: Sequence[Sequence[int]], classes:
     ax.set_yticks(range(n), labels=classes)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title, fontsize="medium")
     if n <= 30:  # counts in the cells while they stay legible
         peak = max((max(row) for row in matrix), default=0) or 1
         for i, row in enumerate(matrix):

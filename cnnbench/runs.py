@@ -14,11 +14,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import GROUPS, group_options
+from .config import GROUPS, PATH_KEYS, group_options
 from .errors import CnnbenchError
 
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
 PRIMARY_NAME = "saved_run"
+OVERRIDES, HISTORY = "overrides.yaml", "overrides_history.yaml"  # in a run's .hydra/
 
 
 def saved_config(run_dir: Path) -> Any:
@@ -198,27 +199,41 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def _comparable(cfg: Any) -> dict:
-    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    assert isinstance(data, dict)
-    data.pop("hydra", None)
-    data.pop("resume", None)
+    """A config as flat keys, without what a resume may change (resume, epochs) or Hydra's."""
+    from .flatconfig import flat_config
+
+    data = flat_config(cfg, resolve=True)
+    data.pop("epochs", None)  # resume=auto epochs=30 extends the run it means
     return data
 
 
 def latest_matching_run(cfg: Any, root: Path) -> Path:
-    """The newest run under `root` with a last.pt whose config equals `cfg` (resume=auto)."""
+    """The newest run under `root` with a last.pt whose config equals `cfg` (resume=auto),
+    `epochs` aside; when none does, the error names the newest run and how it differs."""
     want = _comparable(cfg)
-    for run in find_runs(root):
-        if not (run / "last.pt").is_file():
-            continue
+    candidates = [run for run in find_runs(root) if (run / "last.pt").is_file()]
+    for run in candidates:
         try:
             if _comparable(saved_config(run)) == want:
                 return run
         except Exception:  # a damaged saved config is not this run's: look further
             continue
+    why = f"no run with a last.pt under {Path(root).resolve()}"
+    if candidates:
+        try:
+            newest = _comparable(saved_config(candidates[0]))
+        except Exception:
+            newest = {}
+        keys = sorted(k for k in want.keys() | newest.keys() if want.get(k) != newest.get(k))
+        diffs = ", ".join(f"{k}={newest.get(k)} there, {want.get(k)} here" for k in keys[:3])
+        more = f" (and {len(keys) - 3} more)" if len(keys) > 3 else ""
+        why = (
+            f"none of the {len(candidates)} run(s) with a last.pt under {Path(root).resolve()} "
+            f"has this config; the newest, {candidates[0].resolve()}, differs in {diffs}{more}"
+        )
     raise CnnbenchError(
-        f"resume=auto found no run of this config with a last.pt under {Path(root).resolve()}; "
-        "start it without resume, or pass resume=RUN_DIR"
+        f"resume=auto: {why}; pass resume=RUN_DIR, or give the overrides that run was started "
+        "with (cnnbench train resume=auto ...), or start a new run without resume"
     )
 
 
@@ -292,8 +307,47 @@ def removed_on_error(config_dir: Path | str) -> Iterator[None]:
 
 
 def quote(value: str) -> str:
-    """A Hydra override value that survives any characters (spaces, '=', quotes)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A Hydra override value that survives any characters (spaces, '=', quotes, `~`).
+
+    Inside Hydra's quotes a backslash is an escape only before a quote or at the end, so
+    only those backslashes are doubled (`C:\\data` stays as it is).
+    """
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value)
+    return "'" + escaped.replace("'", "\\'") + "'"
+
+
+def path_overrides(args: Sequence[str]) -> list[str]:
+    """Path values as a user types them, made safe for Hydra's override grammar.
+
+    For the keys of `PATH_KEYS` (`dataset.root=~/pets`, `hydra.run.dir=runs/lr=0.1`), a
+    leading `~` is expanded (the shell does not expand it after `=`) and a value Hydra cannot
+    read as one plain string (`~` inside, `(`, `#`, `=`, `[`, non-ASCII letters...) is quoted;
+    quoted values, null, interpolations and sweeps (`a,b`) are passed as typed. `resume=` is
+    read by cnnbench itself, so it is only expanded.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, out = OverridesParser.create(), []
+    for arg in args:
+        prefix, key, value = re.match(r"^(\+{0,2})([^=~+]*)=?(.*)$", arg).groups()
+        if key not in PATH_KEYS or "=" not in arg or value[:1] in ("'", '"'):
+            out.append(arg)
+            continue
+        value = ",".join(os.path.expanduser(part) for part in value.split(","))
+        if key != "resume" and not _plain_value(parser, f"{key}={value}"):
+            value = quote(value)
+        out.append(f"{prefix}{key}={value}")
+    return out
+
+
+def _plain_value(parser: Any, override: str) -> bool:
+    """True when Hydra reads `override`'s value as typed: a string (or number, null) or a
+    sweep of those, not a list, a dict or a parse error."""
+    try:
+        parsed = parser.parse_override(override)
+    except Exception:  # Hydra's grammar errors (LexerNoViableAltException, ...)
+        return False
+    return parsed.is_sweep_override() or not isinstance(parsed.value(), (list, dict))
 
 
 def split_override(args: list[str], key: str) -> tuple[str | None, list[str]]:
@@ -546,9 +600,47 @@ class SavedConfig:
     last: tuple[int, int] | None  # last.pt's identity when they were kept
 
 
-def remember_saved_config(run_dir: Path) -> SavedConfig:
-    """Keep `run_dir`'s saved config (before Hydra rewrites it) for `saved_config_guard`."""
+def _write_yaml(path: Path, data: Any) -> None:
+    import yaml
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def record_session(run_dir: Path, overrides: Sequence[str]) -> None:
+    """Keep every session's overrides: `.hydra/overrides_history.yaml` lists them (the run's
+    first, then each resume's), and after a resume `.hydra/overrides.yaml`, which Hydra
+    rewrites with the resume's overrides, holds the run's own again: all sessions'
+    overrides, later values winning, without `resume=`."""
+    import yaml
+
     hydra_dir = Path(run_dir) / SAVED_CONFIG.parent
+    path = hydra_dir / HISTORY
+    history = (yaml.safe_load(path.read_text()) if path.is_file() else None) or []
+    history.append(list(overrides))
+    _write_yaml(path, history)
+    merged: dict[str, str] = {}
+    for session in history:
+        for item in session:
+            key = str(item).split("=", 1)[0].lstrip("+~")
+            merged.pop(key, None)  # a later value moves to the end
+            merged[key] = str(item)
+    merged.pop("resume", None)
+    if list(merged.values()) != list(overrides):
+        _write_yaml(hydra_dir / OVERRIDES, list(merged.values()))
+
+
+def remember_saved_config(run_dir: Path) -> SavedConfig:
+    """Keep `run_dir`'s saved config (before Hydra rewrites it) for `saved_config_guard`;
+    a run from before overrides_history.yaml gets one, from its overrides.yaml."""
+    import yaml
+
+    hydra_dir = Path(run_dir) / SAVED_CONFIG.parent
+    if (hydra_dir / OVERRIDES).is_file() and not (hydra_dir / HISTORY).is_file():
+        _write_yaml(
+            hydra_dir / HISTORY, [yaml.safe_load((hydra_dir / OVERRIDES).read_text()) or []]
+        )
     files = {p: p.read_bytes() for p in hydra_dir.glob("*.yaml")}
     return SavedConfig(Path(run_dir), files, _last_pt_stamp(run_dir))
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
 from .config import check_values, compose_checked, composition_error
 from .errors import CnnbenchError
 
@@ -70,8 +69,11 @@ def check_plugins(args: list[str]) -> None:
             )
 
 
-def check_sweep(args: list[str], config_name: str = "train", config_dir: str | None = None) -> None:
-    """Compose each value of each swept key once (the others at their first value).
+def check_sweep(
+    args: list[str], config_name: str = "train", config_dir: str | None = None
+) -> list[str]:
+    """Compose each value of each swept key once (the others at their first value); returns
+    the first job's overrides.
 
     Raises one CnnbenchError naming the first bad value. Sweeps a sweeper plugin expands
     itself (interval(), glob()) are left to it. Flags other than -m (--cfg, --help, ...) are
@@ -83,7 +85,7 @@ def check_sweep(args: list[str], config_name: str = "train", config_dir: str | N
 
     overrides = [a for a in args if a not in MULTIRUN_FLAGS]
     if any(a.startswith("-") for a in overrides):
-        return
+        return overrides
     check_plugins(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -117,6 +119,23 @@ def check_sweep(args: list[str], config_name: str = "train", config_dir: str | N
             selection[position] = value
             compose_one(selection, f"sweep value {value!r}")
         position += 1 if values else 0
+    return base
+
+
+CFG_FLAGS = {"--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--resolve": 0}  # flag: values
+
+
+def first_job_cfg(args: list[str]) -> list[str] | None:
+    """`-m ... --cfg job` (which Hydra refuses): check the whole sweep, then Hydra's
+    arguments that print the first job's config. None without --cfg/-c."""
+    if not any(a in ("--cfg", "-c") for a in args):
+        return None
+    flags, rest, i = [], [], 0
+    while i < len(args):
+        width = CFG_FLAGS.get(args[i], -1) + 1
+        (flags if width else rest).extend(args[i : i + max(width, 1)])
+        i += max(width, 1)
+    return [*check_sweep(rest), *flags]
 
 
 @dataclass(frozen=True)
@@ -188,6 +207,43 @@ def _failed_objective(hydra_cfg: Any) -> float:
     return -math.inf if str(direction).endswith("maximize") else math.inf
 
 
+def write_failure(out_dir: Path, err: Exception) -> str:
+    """`error.txt` in a failed run's dir: the message (and a traceback for a crash, not for
+    a CnnbenchError); returns the message. `cnnbench report` shows the run as failed."""
+    from .checkpoint import atomic_write_text
+
+    if isinstance(err, CnnbenchError):
+        message, detail = str(err), ""
+    else:
+        message, detail = f"{err.__class__.__name__}: {err}", "\n" + traceback.format_exc()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / ERROR_FILE, message + "\n" + detail)
+    return message
+
+
+@contextmanager
+def failure_recorded(out_dir: Path, resumed: bool) -> Iterator[None]:
+    """A run outside a sweep records its failure as a sweep job does (`write_failure`).
+
+    A resume that fails before it changed last.pt (refused, or the wrong model) leaves the
+    run's record as it was; one that trained replaces an older error.txt (and removes it
+    when stopped with Ctrl-C, or finished: the run is resumable or done, not failed).
+    """
+    from .runs import _last_pt_stamp
+
+    before = _last_pt_stamp(out_dir)
+    try:
+        yield
+    except BaseException as err:
+        changed = _last_pt_stamp(out_dir) != before
+        if changed:
+            (out_dir / ERROR_FILE).unlink(missing_ok=True)
+        if isinstance(err, Exception) and (changed or not resumed):
+            write_failure(out_dir, err)
+        raise
+    (out_dir / ERROR_FILE).unlink(missing_ok=True)
+
+
 def run_sweep_job(train_fn: Callable[[Any, Path], dict], cfg: Any, out_dir: Path) -> float:
     """Run one sweep job; on failure write `error.txt`, log one line and return +-inf.
 
@@ -208,12 +264,7 @@ def run_sweep_job(train_fn: Callable[[Any, Path], dict], cfg: Any, out_dir: Path
     try:
         return float(train_fn(cfg, out_dir)["best_val_loss"])
     except Exception as err:
-        if isinstance(err, CnnbenchError):
-            message, detail = str(err), ""
-        else:
-            message, detail = f"{err.__class__.__name__}: {err}", "\n" + traceback.format_exc()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / ERROR_FILE, message + "\n" + detail)
+        message = write_failure(out_dir, err)
         log.error(f"job #{hc.job.num} failed (the sweep goes on): {message}")
         return _failed_objective(hc)
     finally:

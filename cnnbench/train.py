@@ -45,8 +45,16 @@ from .models import (
     native_input_size,
 )
 from .models.summary import summary_table
-from .optim import build_optimizer, build_scheduler, is_per_step, retarget_scheduler
+from .optim import (
+    build_optimizer,
+    build_scheduler,
+    fresh_schedule_hint,
+    is_per_step,
+    retarget_scheduler,
+    schedule_ended,
+)
 from .plots import CurvesWriter
+from .preflight import warn_if_hopeless
 from .sweep import parallel_jobs
 
 log = logging.getLogger("cnnbench")
@@ -134,7 +142,7 @@ def build_model(
     that size, weights loaded (model.weights, model.freeze_features); it returns logits."""
     channels = cfg.model.in_channels or input_size[0]
     model = create_model(cfg.model.name, num_classes, channels).to(device)
-    check_input_size(cfg.model.name, model, input_size, device)
+    check_input_size(cfg.model.name, model, input_size, device, cfg.transforms)
     apply_weights(model, cfg.model)  # model.weights=PATH (local file), model.freeze_features
     if cfg.device.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -258,9 +266,18 @@ def train_step(cfg: Any, state: TrainState, precision: Precision, device: torch.
 
 
 def resume(state: TrainState, cfg: Any, out_dir: Path, loader: TensorLoader, world: int) -> None:
-    """Continue from out_dir/last.pt; `resume=DIR epochs=N` re-aims the schedule at epoch N."""
+    """Continue from out_dir/last.pt; `resume=DIR epochs=N` re-aims the schedule at epoch N.
+    A run that already finished (results.json) with nothing left to train is refused."""
     state.load(out_dir / "last.pt")
-    retargeted = retarget_scheduler(state.scheduler, cfg.epochs, len(loader))
+    finished = state.epoch >= cfg.epochs and (out_dir / "results.json").exists()
+    if state.partial is None and (finished or state.epoch > cfg.epochs):
+        more = f"cnnbench train resume={out_dir} epochs=N (N > {state.epoch}) to train it longer"
+        raise CnnbenchError(
+            f"{out_dir} already trained {state.epoch} epochs (epochs={cfg.epochs} asked): "
+            "nothing to resume; "
+            + (fresh_schedule_hint(str(out_dir)) if schedule_ended(state.scheduler) else more)
+        )
+    retargeted = retarget_scheduler(state.scheduler, cfg.epochs, len(loader), str(out_dir))
     stopped, epoch = state.partial, state.epoch + 1
     if stopped is not None and stopped.get("world", 1) != world:
         log.warning(
@@ -395,6 +412,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         table = summary_table(model, data.input_size, device)
         print(table, flush=True)
         atomic_write_text(out_dir / "summary.txt", table)
+        warn_if_hopeless(cfg, count_params(model), data, device)  # e.g. VGG-16 on 8x8 digits
     precision = choose_precision(cfg, device, model, data, ddp)
     net, eval_net = wrap_model(model, cfg, device, ddp)
     loaders = build_loaders(cfg, data, device, ddp)
@@ -410,7 +428,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     validate = partial(evaluate, eval_net, autocast=step.autocast, progress=show, dist=ddp)
     logger = open_logger(cfg.logger, out_dir, cfg) if main else NullLogger()  # logger=...
     writers = (CurvesWriter(out_dir / "curves.png") if main else None, logger)
-    throughput = [0, 0.0]  # images trained, seconds
+    throughput = [0, 0.0]  # images trained, seconds (this session)
+    earlier = sum(row["seconds"] for row in state.metrics)  # epochs of earlier sessions (resume)
     interrupt.set_quiet(not main)
     interrupt.arm()  # Ctrl-C/SIGTERM from here on: finish the step, save last.pt, exit
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -456,12 +475,12 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     results = dict(
         test_loss=te.loss,
         test_top1=te.top1,
-        test_top5=te.top5,
+        test_top5=te.top5 if splits.num_classes > 5 else None,  # top-5 of <= 5 classes: 1
         best_epoch=state.best_epoch,
         best_val_loss=state.best_val_loss,
         epochs=cfg.epochs,
-        wall_seconds=time.perf_counter() - wall_start,
-        train_images_per_sec=images / seconds if seconds > 0 else 0.0,
+        wall_seconds=time.perf_counter() - wall_start + earlier,
+        train_images_per_sec=images / seconds if seconds > 0 else None,  # None: test only
         params=count_params(model),
         model=cfg.model.name,
         dataset=cfg.dataset.name,
@@ -473,9 +492,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     )
     if main:
         write_json(out_dir / "results.json", results)
+    top5 = f", top-5 {te.top5:.4f}" if splits.num_classes > 5 else ""  # else always 1
     log.info(
-        f"test (best epoch {state.best_epoch}): loss {te.loss:.4f}, top-1 {te.top1:.4f}, "
-        f"top-5 {te.top5:.4f}; run dir: {out_dir}"
+        f"test (best epoch {state.best_epoch}): loss {te.loss:.4f}, top-1 {te.top1:.4f}"
+        f"{top5}; run dir: {out_dir}"
     )
     return results
 

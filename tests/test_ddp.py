@@ -40,7 +40,8 @@ def only_run_dir(cwd: Path) -> Path:
 
 
 def test_ddp_run_writes_one_run_dir_matching_single_process_eval(tmp_path):
-    proc = torchrun("train", *TINY, "epochs=3", "device.threads=1", cwd=tmp_path)
+    # scheduler=step: extended below (a finished cosine schedule is refused: lr = min_lr)
+    proc = torchrun("train", *TINY, "epochs=3", "scheduler=step", "device.threads=1", cwd=tmp_path)
     run = only_run_dir(tmp_path)
     # Rank 0 alone prints, logs and writes; the effective batch is reported.
     assert proc.stdout.count("Total params: 62,006") == 1
@@ -83,7 +84,7 @@ def test_ddp_run_writes_one_run_dir_matching_single_process_eval(tmp_path):
 
 
 def test_ddp_resume_continues_under_torchrun(tmp_path):
-    torchrun("train", *TINY, "device.threads=1", cwd=tmp_path)
+    torchrun("train", *TINY, "scheduler=step", "device.threads=1", cwd=tmp_path)
     run = only_run_dir(tmp_path)
     proc = torchrun("train", f"resume={run}", "epochs=3", cwd=tmp_path)
     assert "resuming" in proc.stdout and proc.stdout.count("epoch 3/3") == 1

@@ -241,7 +241,7 @@ def test_resume_errors(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
 
     code, _, err = cli_in_process(capsys, "train", "resume=auto", "seed=99", *TINY, "epochs=1")
-    assert code == 1 and "resume=auto found no run of this config" in err
+    assert code == 1 and "resume=auto: no run with a last.pt under" in err
     code, _, err = cli_in_process(capsys, "train", f"resume={tmp_path / 'nowhere'}")
     assert code == 1 and "no such run directory" in err
 

@@ -88,6 +88,10 @@ def parse_command(parser: CommandParser, args: Sequence[str]) -> argparse.Namesp
                 f"stray argument {arg!r}: overrides are key=value or group=option "
                 "(e.g. dataset=cifar10 device=cpu)"
             )
+    if getattr(opts, "overrides", None):
+        from ..runs import path_overrides
+
+        opts.overrides = path_overrides(opts.overrides)  # dataset.root=~/pets
     return opts
 
 

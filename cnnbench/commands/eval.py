@@ -27,7 +27,7 @@ from ..engine import evaluate
 from ..errors import CnnbenchError, user_errors
 from ..metrics import write_json
 from ..models import create_model
-from ..plots import write_confusion_matrix
+from ..plots import run_label, write_confusion_matrix
 from ..report_metrics import top1_report
 from ..runs import compose_saved, split_override
 from ..train import Data, build_data, eval_loader
@@ -270,7 +270,10 @@ def evaluate_run(
     write_json(out_dir / "metrics.json", metrics)
     atomic_write_text(out_dir / "per_class.csv", _per_class_csv(per_class))
     if matrix is not None:
-        write_confusion_matrix(out_dir / "confusion_matrix.png", matrix, classes)
+        title = (
+            f"{run_label(run_dir)}: {split}, top-1 {result.top1:.4f} (epoch {ckpt.get('epoch')})"
+        )
+        write_confusion_matrix(out_dir / "confusion_matrix.png", matrix, classes, title)
     metrics["out_dir"] = str(out_dir)
     metrics["per_class"] = per_class
     return metrics

@@ -20,6 +20,7 @@ import csv
 import io
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +70,12 @@ IMAGE_SUFFIXES = {
 CSV_FIELDS = ["path", "label", "probability", "top5"]
 
 
+def natural_key(path: Path) -> list:
+    """Sort key in natural order: img2.jpg before img10.jpg (digit runs compare as numbers)."""
+    parts = re.split(r"(\d+)", str(path))
+    return [(int(p), p) if p.isdigit() else (-1, p) for p in parts]
+
+
 def find_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Files to classify (folders searched recursively for image suffixes) and the paths left
     out with a reason: missing, broken links (in folders too), folders without images."""
@@ -77,7 +84,7 @@ def find_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     for path in paths:
         if path.is_dir():
             found, broken = [], []
-            for p in sorted(path.rglob("*")):
+            for p in sorted(path.rglob("*"), key=natural_key):
                 if p.is_symlink() and not p.exists():
                     broken.append((p, f"broken link (to {os.readlink(p)})"))
                 elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
@@ -168,9 +175,9 @@ def predict(
                     ),
                 )
             )
-            if len(titles) < len(thumbs):
-                name = printable(path.name)
-                name = name if len(name) <= 20 else name[:19] + "…"
+            if len(titles) < len(thumbs):  # cat/0001.jpg: two 0001.jpg differ
+                name = printable(f"{path.parent.name}/{path.name}")
+                name = name if len(name) <= 22 else "…" + name[-21:]
                 titles.append(f"{name}\n{classes[i_row[0]]} ({p_row[0]:.0%})")
 
     out_dir = Path(out_dir) if out_dir else run_dir / "predict"

@@ -53,6 +53,22 @@ def job_overrides(job: Path) -> dict[str, str]:
     return {p[0]: p[1] if len(p) > 1 else "" for p in pairs}
 
 
+def effective_values(job: Path, keys: list[str], given: dict[str, str]) -> dict[str, str]:
+    """Each key's value for `job`: as overridden, else from its saved config (a group: the
+    option's name), '' where the config has none."""
+    from omegaconf import OmegaConf
+
+    from ..config import GROUPS
+
+    cfg = OmegaConf.load(job / SAVED_CONFIG)
+    values = {}
+    for key in keys:
+        found = OmegaConf.select(cfg, f"{key}.name" if key in GROUPS else key, default=None)
+        plain = found is not None and not OmegaConf.is_config(found)
+        values[key] = given[key] if key in given else str(found) if plain else ""
+    return values
+
+
 def _params_from_summary(job: Path) -> int | None:
     path = job / "summary.txt"
     match = re.search(r"Total params: ([\d,]+)", path.read_text()) if path.is_file() else None
@@ -93,11 +109,18 @@ def leaderboard(root: Path, sort: str = DEFAULT_SORT, desc: bool = False) -> tup
     keys: list[str] = []
     for found in overrides.values():
         keys += [k for k in found if k not in keys]
-    varying = [k for k in keys if len({o.get(k) for o in overrides.values()}) > 1]
+    # Keys whose values differ between jobs (a job that left one at its default has the
+    # default), as columns; a metric's name (epochs) is shown once, as the metric.
+    values = {job: effective_values(job, keys, overrides[job]) for job in jobs}
+    varying = [
+        k
+        for k in keys
+        if len({v[k] for v in values.values()}) > 1 and k not in (*METRICS, "resume")
+    ]
     rows = []
     for job in jobs:
         row = {"job": str(job.relative_to(root)) or "."}
-        row.update({k: overrides[job].get(k, "") for k in varying})
+        row.update({k: values[job][k] for k in varying})
         row.update(job_row(job))
         row["overrides"] = " ".join(f"{k}={v}" for k, v in overrides[job].items())
         rows.append(row)
@@ -243,7 +266,10 @@ def report(root: Path, sort: str = DEFAULT_SORT, desc: bool = False, per_job: bo
         k: v for k, v in all_overrides[0].items() if all(o.get(k) == v for o in all_overrides)
     }
     varying = columns[1 : columns.index(METRICS[0])]
-    label = {r["job"]: " ".join([f"#{r['job']}", *(f"{k}={r[k]}" for k in varying)]) for r in rows}
+    label = {
+        r["job"]: " ".join([f"#{r['job']}", *(f"{k}={r[k]}" for k in varying if r[k] != "")])
+        for r in rows
+    }
     write_sweep_curves(root / "curves.png", {label[r["job"]]: r["history"] for r in rows})
     note = ""
     if FOLD_KEY in varying and not per_job:

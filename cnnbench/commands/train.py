@@ -7,8 +7,10 @@ The recipe itself is cnnbench/train.py; this module only parses, checks and disp
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .. import distributed, interrupt
-from ..config import check_values, compose_checked
+from .. import interrupt
+from ..config import check_values, compose_checked, register_configs
 from ..errors import CnnbenchError, out_of_memory_hint, user_errors
 from ..runs import (
     PRIMARY_NAME,
@@ -28,10 +30,12 @@ from ..runs import (
     claim_run_dir,
     latest_matching_run,
     overridden_groups,
+    path_overrides,
     pin_run_dir,
     planned_run_dir,
     primary_from_saved,
     quote,
+    record_session,
     remember_saved_config,
     removed_on_error,
     saved_config_guard,
@@ -41,14 +45,16 @@ from ..sweep import (
     Sweep,
     check_plugins,
     check_sweep,
+    failure_recorded,
+    first_job_cfg,
     fix_sweep_dir,
     is_multirun,
     report_sweep,
     run_sweep_job,
     sweep_running,
 )
-from ..train import train
 from .args import check_train_args
+from .train_help import help_text, wants_help
 
 WORKER_LOGGING = "hydra/job_logging=cnnbench_worker"  # DDP ranks > 0: warnings only, no train.log
 
@@ -56,11 +62,18 @@ WORKER_LOGGING = "hydra/job_logging=cnnbench_worker"  # DDP ranks > 0: warnings 
 @hydra.main(version_base=None, config_path="pkg://cnnbench.configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entrypoint behind `cnnbench train`; returns the best val loss (a sweeper's objective)."""
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    if HydraConfig.get().mode == RunMode.MULTIRUN:  # a failing job is recorded, the sweep goes on
+    from ..train import train  # torch: only once a run starts (not for --help, errors, --cfg)
+
+    hc = HydraConfig.get()
+    out_dir, writer = Path(hc.runtime.output_dir), hc.output_subdir is not None  # DDP rank 0
+    if writer:  # .hydra/: keep each session's overrides (resume)
+        record_session(out_dir, hc.overrides.task)
+    if hc.mode == RunMode.MULTIRUN:  # a failing job is recorded, the sweep goes on
         return run_sweep_job(train, cfg, out_dir)
     oom_hint = out_of_memory_hint(cfg.batch_size, out_dir)
-    with user_errors(), interrupt.graceful_stop(), oom_hint:
+    # A failed run gets error.txt, as a failed sweep job does.
+    failure = failure_recorded(out_dir, bool(cfg.resume)) if writer else nullcontext()
+    with user_errors(), failure, interrupt.graceful_stop(), oom_hint:
         return train(cfg, out_dir)["best_val_loss"]
 
 
@@ -85,9 +98,11 @@ def hydra_args(args: list[str]) -> Launch:
     """
     resume, rest = split_override(args, "resume")
     check_plugins(args)
-    main_rank = distributed.from_env().is_main  # under torchrun rank 0 claims the run dir
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 claims the run dir
     if resume in (None, "", "null"):
         if is_multirun(args):  # each swept value composed once, before any job
+            if first_job_cfg(args) is not None:  # -m --cfg job: the first job's config
+                return Launch(first_job_cfg(args))
             check_sweep(args)
             return Launch(*fix_sweep_dir(args))
         elif not any(a.startswith("-") for a in args):  # not --help/--cfg: validate first
@@ -100,7 +115,7 @@ def hydra_args(args: list[str]) -> Launch:
         raise CnnbenchError("resume= continues one run; it cannot be combined with -m or flags")
     if resume == "auto":
         run_dir = latest_matching_run(compose_checked(rest), Path("outputs"))
-        rest = []  # its saved config equals these overrides (group picks included)
+        rest = [a for a in rest if a.startswith("epochs=")]  # the rest is its saved config
     else:
         run_dir = Path(resume).expanduser().resolve()
         if not run_dir.is_dir():
@@ -135,6 +150,10 @@ def hydra_args(args: list[str]) -> Launch:
 def distributed_args(launch: Launch) -> Launch:
     """Under torchrun: start the process group; every rank uses the run dir rank 0 chose,
     and only rank 0 writes it. Without torchrun `launch` is returned unchanged."""
+    if not under_torchrun():
+        return launch
+    from .. import distributed
+
     if distributed.from_env().enabled and launch.sweep is not None:
         raise CnnbenchError(
             "cnnbench train -m does not run under torchrun: start one torchrun per run "
@@ -156,17 +175,31 @@ def distributed_args(launch: Launch) -> Launch:
     return launch
 
 
+def under_torchrun() -> bool:
+    """torchrun sets WORLD_SIZE; without it torch.distributed (and torch) need not load."""
+    return "WORLD_SIZE" in os.environ
+
+
 def run_cli(args: list[str]) -> None:
     """`cnnbench train ARGS`: validate, then hand over to Hydra (which reads sys.argv)."""
     check_train_args(args)  # `--epochs 3`, `+epochs=3`: name the override to use instead
+    args = path_overrides(args)  # dataset.root=~/pets: expanded, quoted for Hydra
+    if wants_help(args):  # Hydra's app_help takes ~1 s of CPU; this page, one composition
+        with user_errors():
+            print(help_text(args), end="")
+        return
     with user_errors():
         launch = distributed_args(hydra_args(args))
     sys.argv = ["cnnbench train", *launch.args]
+    register_configs()  # the schemas train.yaml's defaults name
     try:
         with saved_config_guard(launch.saved), sweep_running(launch.sweep):
             main()
     finally:
-        distributed.shutdown()
+        if under_torchrun():
+            from .. import distributed
+
+            distributed.shutdown()
         if launch.config_dir:  # resume=: the primary config written for it
             shutil.rmtree(launch.config_dir, ignore_errors=True)
         if launch.lock is not None:

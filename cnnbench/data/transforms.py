@@ -48,7 +48,8 @@ def resolve_stats(tcfg, train_stats: Stats | Callable[[], Stats], channels: int)
     if len(mean) != channels or len(std) != channels:
         raise CnnbenchError(
             f"normalization has {len(mean)} mean / {len(std)} std values for {channels}-channel "
-            "images; set transforms.mean and transforms.std with one value per channel"
+            "images; use transforms.normalize=auto (this data's own statistics), or set "
+            "transforms.mean and transforms.std with one value per channel"
         )
     # A constant channel's std is 0, or a rounding residue of the sums (below a quarter of
     # one 8-bit level): dividing by it makes the loss nan or huge.

@@ -206,13 +206,33 @@ def _first_conv_channels(model: nn.Module) -> int | None:
     return None if conv is None else conv.in_channels
 
 
+def size_fix(transforms: Any, size: int) -> str:
+    """Overrides that make the `transforms` config output `size` x `size` images.
+
+    A crop (transforms.crop) decides the final size, so resizing alone would not do: the crop
+    is set to `size` and the resize before it scaled to keep the preset's proportions
+    (rrc224's 256 -> 224 becomes 37 -> 32), or, without a resize, dropped.
+    """
+    crop = None if transforms is None else transforms.get("crop")
+    if crop is None:
+        return f"transforms.resize={size}"
+    resize = transforms.get("resize")
+    if resize is None:
+        return f"transforms.resize={size} transforms.crop=null"
+    return f"transforms.resize={max(size, round(size * resize / crop))} transforms.crop={size}"
+
+
 def check_input_size(
-    name: str, model: nn.Module, input_size: tuple[int, int, int], device: torch.device
+    name: str,
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    device: torch.device,
+    transforms: Any = None,
 ) -> None:
     """Fail before training when the model cannot take `input_size` (C, H, W) images.
 
-    The message names the model's native size and how to get there: `transforms.resize=N`
-    works with any preset; a preset made for that size is named when one exists.
+    The message names the model's native size and how to get there from the run's
+    `transforms` config (`size_fix`); a preset made for that size is named when one exists.
     """
     info = get_model_info(name)
     c, h, w = info.input_size
@@ -240,7 +260,7 @@ def check_input_size(
         raise CnnbenchError(
             f"model {name!r} cannot take {got} images: it expects {c}x{h}x{w} "
             f"(torch says: {str(err).splitlines()[0]}). Resize the input with "
-            f"transforms.resize={h}{fits}."
+            f"{size_fix(transforms, h)}{fits}."
         ) from None
     finally:
         model.train(was_training)
