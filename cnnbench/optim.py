@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Iterable
 
 import torch
 
 from .config import OPTIMIZERS, SCHEDULERS, Anneal
 from .errors import CnnbenchError
+from .runs import fresh_schedule_hint
 
 # Schedulers stepped after every optimizer step (train_one_epoch's step_scheduler), not per epoch.
 PER_STEP_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR,)
@@ -101,15 +101,6 @@ def schedule_ended(scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> bo
     """True for a cosine schedule at its end (lr = min_lr from there on)."""
     cosine = isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
     return cosine and scheduler.last_epoch >= scheduler.T_max
-
-
-def fresh_schedule_hint(run_dir: str) -> str:
-    """The way to train a finished run further at a useful lr: a new run from its weights."""
-    weights = shlex.quote(f"model.weights={run_dir}/best.pt")
-    return (
-        "start a new run from its weights with a fresh schedule: cnnbench rerun "
-        f"{shlex.quote(run_dir)} {weights} epochs=N"
-    )
 
 
 def retarget_scheduler(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -288,12 +289,27 @@ def check_resume(run_dir: Path, cfg: Any, overrides: Sequence[str]) -> None:
     finished = (Path(run_dir) / "results.json").is_file() and not partial
     if cfg.epochs < done + partial or (finished and cfg.epochs == done):
         trained = f"{done} epoch(s)" + (f" and part of epoch {done + 1}" if partial else "")
+        sched = last.get("scheduler") or {}
+        ended = "T_max" in sched and sched.get("last_epoch", 0) >= sched["T_max"]
+        way = (
+            f"its cosine schedule has ended (more epochs would train at min_lr), so {fresh_schedule_hint(str(run_dir))}"
+            if finished and ended
+            else f"so pass epochs={max(done + 1, cfg.epochs + 1)} or more, or start a new run"
+        )
         raise CnnbenchError(
             f"resume={run_dir} epochs={cfg.epochs}: the run has already trained {trained}"
             + (" and is finished" if finished else "")
-            + "; epochs can only grow on resume (the run's history is kept as it is), so pass "
-            f"epochs={max(done + 1, cfg.epochs + 1)} or more, or start a new run"
+            + f"; epochs can only grow on resume (the run's history is kept as it is); {way}"
         )
+
+
+def fresh_schedule_hint(run_dir: str) -> str:
+    """The way to train a finished run further at a useful lr: a new run from its weights."""
+    weights = shlex.quote(f"model.weights={run_dir}/best.pt")
+    return (
+        "start a new run from its weights with a fresh schedule: cnnbench rerun "
+        f"{shlex.quote(run_dir)} {weights} epochs=N"
+    )
 
 
 @contextmanager

@@ -48,10 +48,8 @@ from .models.summary import summary_table
 from .optim import (
     build_optimizer,
     build_scheduler,
-    fresh_schedule_hint,
     is_per_step,
     retarget_scheduler,
-    schedule_ended,
 )
 from .plots import CurvesWriter
 from .preflight import warn_if_hopeless
@@ -266,17 +264,9 @@ def train_step(cfg: Any, state: TrainState, precision: Precision, device: torch.
 
 
 def resume(state: TrainState, cfg: Any, out_dir: Path, loader: TensorLoader, world: int) -> None:
-    """Continue from out_dir/last.pt; `resume=DIR epochs=N` re-aims the schedule at epoch N.
-    A run that already finished (results.json) with nothing left to train is refused."""
+    """Continue from out_dir/last.pt; `resume=DIR epochs=N` re-aims the schedule at epoch N
+    (runs.check_resume has refused fewer epochs, or none more for a finished run)."""
     state.load(out_dir / "last.pt")
-    finished = state.epoch >= cfg.epochs and (out_dir / "results.json").exists()
-    if state.partial is None and (finished or state.epoch > cfg.epochs):
-        more = f"cnnbench train resume={out_dir} epochs=N (N > {state.epoch}) to train it longer"
-        raise CnnbenchError(
-            f"{out_dir} already trained {state.epoch} epochs (epochs={cfg.epochs} asked): "
-            "nothing to resume; "
-            + (fresh_schedule_hint(str(out_dir)) if schedule_ended(state.scheduler) else more)
-        )
     retargeted = retarget_scheduler(state.scheduler, cfg.epochs, len(loader), str(out_dir))
     stopped, epoch = state.partial, state.epoch + 1
     if stopped is not None and stopped.get("world", 1) != world:

@@ -279,7 +279,11 @@ CASES: dict[str, Case] = {
     ),
     "resume a finished run without more epochs": (
         lambda tmp, run: [f"resume={_copy_run(run, tmp)}"],
-        ("epochs=2: the run has already trained 2 epoch(s) and is finished", "epochs=3 or more"),
+        (
+            "epochs=2: the run has already trained 2 epoch(s) and is finished",
+            "its cosine schedule has ended",
+            "cnnbench rerun {tmp}/copied-run model.weights={tmp}/copied-run/best.pt epochs=N",
+        ),
     ),
     "run dir name too long": (
         lambda tmp, run: [*TINY, f"hydra.run.dir={tmp}/{'x' * 300}"],
@@ -331,14 +335,17 @@ CASES: dict[str, Case] = {
         lambda tmp, run: [*TINY, "dataset.image_size=1000000"],
         ("dataset.image_size=1000000 needs at least ", "GiB (96 images of 3x1000000x1000000"),
     ),
-    "unquoted path with '='": (
+    "unquoted path with '=' (taken as typed)": (
         lambda tmp, run: [*NO_DATA, "dataset=folder", "dataset.root=/data/a=b"],
-        "cannot parse override 'dataset.root=/data/a=b': a value with '=', spaces, quotes, "
-        "brackets or non-ASCII letters must be quoted for Hydra: write 'dataset.root=\"/data/a=b\"'",
+        "dataset.root=/data/a=b: no such folder (/data/a=b)",
     ),
-    "unquoted unicode path": (
+    "unquoted unicode path (taken as typed)": (
         lambda tmp, run: [*NO_DATA, "dataset=folder", "dataset.root=/data/ümlaut"],
-        "write 'dataset.root=\"/data/ümlaut\"' (the outer single quotes are for the shell)",
+        "dataset.root=/data/ümlaut: no such folder (/data/ümlaut)",
+    ),
+    "a value Hydra cannot parse": (
+        lambda tmp, run: [*TINY, "num_workers=a#b"],
+        ("cannot parse override 'num_workers=a#b'", "\"num_workers='a#b'\""),
     ),
     # ---- checked once the data is loaded or the model built, before training
     "model.num_classes below the data's classes": (

@@ -253,8 +253,9 @@ def test_resume_with_nothing_left_to_train(cli, tmp_path):
     results.json) gets its test, with the run's training time kept in wall_seconds."""
     cli("train", *TINY, "scheduler=step", "hydra.run.dir=run")
     err = cli("train", "resume=run", check=False).stderr
-    assert f"{tmp_path / 'run'} already trained 2 epochs (epochs=2 asked): nothing to resume" in err
-    assert f"cnnbench train resume={tmp_path / 'run'} epochs=N (N > 2)" in err
+    run = tmp_path / "run"
+    assert f"resume={run} epochs=2: the run has already trained 2 epoch(s) and is finished" in err
+    assert "so pass epochs=3 or more, or start a new run" in err
     first = read_json(tmp_path / "run" / "results.json")
     (tmp_path / "run" / "results.json").unlink()
     cli("train", "resume=run")
