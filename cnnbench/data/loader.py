@@ -41,8 +41,11 @@ class TensorLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        balanced: bool = False,
     ) -> None:
         pin = device.type == "cuda"
+        # dataset.sampler=balanced: each draw picks a class uniformly, then one of its images
+        self.draw_weights = class_balanced_weights(data.labels) if balanced else None
         self.stream = _FileBatches(data, batch_size, pin) if isinstance(data, ImageFiles) else None
         if self.stream is None:
             # Small datasets live on the device whole: one copy, then batches are index ops there.
@@ -95,7 +98,10 @@ class TensorLoader:
         if not self.shuffle:
             return None if self.world_size == 1 else torch.arange(self.rank, n, self.world_size)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(n, generator=gen)
+        if self.draw_weights is None:
+            order = torch.randperm(n, generator=gen)
+        else:  # n draws with replacement, classes equally likely (WeightedRandomSampler's)
+            order = torch.multinomial(self.draw_weights, n, replacement=True, generator=gen)
         if self.world_size > 1:
             total = self._shard_size() * self.world_size
             order = order.repeat(-(-total // n))[:total]
@@ -137,6 +143,13 @@ class TensorLoader:
                 x.contiguous(memory_format=self.memory_format),
                 y.to(self.device, non_blocking=True),
             )
+
+
+def class_balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample draw weights 1 / (its class's count): every present class equally likely."""
+    labels = labels.cpu()
+    counts = torch.bincount(labels).double()
+    return (1.0 / counts)[labels]
 
 
 class _FileSet(Dataset):
