@@ -225,7 +225,8 @@ class TrainStep:
     clip_grad_norm: float | None = None
     accumulate: int = 1  # batches per optimizer step
     ema: Any | None = None  # .step() after every optimizer step
-    group: list[int] = field(default_factory=lambda: [0, 0, 0])  # batches, samples, first's
+    # the accumulating step's group so far: batches, samples, the first batch's size
+    group: list[int] = field(default_factory=lambda: [0, 0, 0], init=False, repr=False)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, update: bool = True

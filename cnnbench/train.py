@@ -171,7 +171,7 @@ def wrap_model(
     `evaluated` (the EMA's weights), each rank on its part of the split, under `tta`;
     device.compile wraps both in torch.compile."""
     compile_ = torch.compile if cfg.device.compile else (lambda m: m)
-    tested = with_tta(evaluated or model, cfg.tta)
+    tested = with_tta(evaluated if evaluated is not None else model, cfg.tta)
     if not ddp.enabled:
         net = compile_(model)
         return net, net if tested is model else compile_(tested)
