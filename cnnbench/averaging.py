@@ -16,15 +16,17 @@ class WeightEMA:
     torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay),
     use_buffers=True) computes it, without its per-update host syncs:
 
-        e_1 = w_1,   e_n = decay * e_(n-1) + (1 - decay) * w_n
+        e_1 = w_1,   e_n = d_n * e_(n-1) + (1 - d_n) * w_n,   d_n = decay
 
     where w_n are the weights after the n-th update's optimizer step (updates every `every`
     optimizer steps; integer buffers such as BatchNorm's num_batches_tracked are copied).
+    With `warmup`, d_n = min(decay, n / (n + 9)) (TensorFlow's ExponentialMovingAverage with
+    num_updates): a short run's average is not held back by its first, untrained weights.
     `module` is the averaged copy: validate, save and test it.
     """
 
-    def __init__(self, model: nn.Module, decay: float, every: int = 1) -> None:
-        self.source, self.decay, self.every = model, decay, every
+    def __init__(self, model: nn.Module, decay: float, every: int, warmup: bool) -> None:
+        self.source, self.decay, self.every, self.warmup = model, decay, every, warmup
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.steps = 0  # optimizer steps seen
         self.updates = 0  # averages taken (n above)
@@ -43,10 +45,12 @@ class WeightEMA:
         if self.steps % self.every:
             return
         averaged, current = [e for e, _ in self.floats], [w.detach() for _, w in self.floats]
+        n = self.updates + 1
+        decay = min(self.decay, n / (n + 9)) if self.warmup else self.decay
         if self.updates == 0:
             torch._foreach_copy_(averaged, current)
         elif averaged:
-            torch._foreach_lerp_(averaged, current, 1.0 - self.decay)
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)
         for e, w in self.others:
             e.copy_(w)
         self.updates += 1

@@ -356,6 +356,9 @@ class EmaConfig:
 
     decay: float | None = None  # e.g. 0.999 per update (null: off)
     every: int = 1  # optimizer steps between updates
+    # The n-th update decays by min(decay, (1 + n) / (10 + n)) (TensorFlow's num_updates), so
+    # early averages follow the weights instead of the first ones; false: decay throughout.
+    warmup: bool = True
 
 
 @dataclass
@@ -678,7 +681,13 @@ def composition_error(err: Exception, overrides: list[str] = ()) -> CnnbenchErro
         return CnnbenchError(
             f"cannot parse override: {str(err).splitlines()[0]} (use key=value or group=option)"
         )
-    return CnnbenchError(str(err).splitlines()[0] if str(err) else err.__class__.__name__)
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # "In 'recipe/x': ... composing config:"
+        return CnnbenchError(
+            f"{lines[0]} {lines[1]} (a recipe's key that the chosen option does not have: "
+            "choose an option that has it, or leave the recipe out)"
+        )
+    return CnnbenchError(lines[0] if lines else err.__class__.__name__)
 
 
 def compose_checked(

@@ -193,7 +193,9 @@ def build_training(
     steps = optimizer_steps(cfg, batches)
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, steps)
     scaler = grad_scaler_for(precision, device)
-    ema = WeightEMA(model, cfg.ema.decay, cfg.ema.every) if cfg.ema.decay is not None else None
+    ema = None
+    if cfg.ema.decay is not None:
+        ema = WeightEMA(model, cfg.ema.decay, cfg.ema.every, cfg.ema.warmup)
     monitor = Monitor(cfg.monitor).value
     best = math.inf if monitor == Monitor.val_loss.value else -math.inf
     return TrainState(

@@ -76,7 +76,7 @@ def main() -> None:
         batch = int(args.batch_size * factor)
         loader = TensorLoader(data, batch, train_tf, cpu, shuffle=True, channels_last=True)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True)
-        averaged = WeightEMA(model, *ema) if ema else None
+        averaged = WeightEMA(model, *ema, warmup=True) if ema else None
         step = TrainStep(opt, nn.CrossEntropyLoss(), ema=averaged, **keywords)
         return train_one_epoch(model, loader, step).images
 

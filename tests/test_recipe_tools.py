@@ -205,12 +205,14 @@ def test_accumulating_k_batches_of_b_steps_as_one_batch_of_k_times_b():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_the_ema_is_the_closed_form_of_the_weights_it_saw():
+@pytest.mark.parametrize("warmup", [False, True], ids=["decay", "warmup"])
+def test_the_ema_is_the_closed_form_of_the_weights_it_saw(warmup):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(10))
     model(torch.randn(2, 3, 8, 8))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    ema = WeightEMA(model, decay=0.8, every=2)
+    ema = WeightEMA(model, decay=0.8, every=2, warmup=warmup)
+    d2, d3 = (2 / 11, 3 / 12) if warmup else (0.8, 0.8)  # min(0.8, n / (n + 9))
     step = TrainStep(opt, nn.CrossEntropyLoss(), ema=ema)
     seen = []
     for i, (x, y) in enumerate(lenet_batches(7 * 4, 4)):
@@ -220,13 +222,13 @@ def test_the_ema_is_the_closed_form_of_the_weights_it_saw():
     assert ema.steps == 7 and ema.updates == len(seen) == 3
     for key, value in ema.module.state_dict().items():
         w = [s[key].double() for s in seen]
-        if value.is_floating_point():  # e_1 = w_1, e_n = 0.8 e_(n-1) + 0.2 w_n
-            closed = 0.8**2 * w[0] + 0.8 * 0.2 * w[1] + 0.2 * w[2]
+        if value.is_floating_point():  # e_1 = w_1, e_n = d_n e_(n-1) + (1 - d_n) w_n
+            closed = d3 * (d2 * w[0] + (1 - d2) * w[1]) + (1 - d3) * w[2]
             torch.testing.assert_close(value.double(), closed, rtol=1e-5, atol=1e-6)
         else:  # num_batches_tracked: copied
             assert torch.equal(value, seen[-1][key])
     state = ema.state_dict()
-    again = WeightEMA(model, decay=0.8, every=2)
+    again = WeightEMA(model, decay=0.8, every=2, warmup=warmup)
     again.load_state_dict(state)
     assert (again.steps, again.updates) == (7, 3)
 
@@ -424,3 +426,10 @@ def test_bad_values_are_named():
     texts += ["optimizer.clip_grad_norm must be", "loss.class_weights must be"]
     texts += ["early_stop.patience must be >= 1", "scheduler.factor must be in (0, 1)"]
     assert [t for t in texts if t not in str(err.value)] == []
+
+
+def test_a_recipe_key_the_chosen_option_lacks_is_named():
+    with pytest.raises(CnnbenchError) as err:
+        compose_checked(["recipe=alexnet_cifar", "optimizer=adamw"])
+    assert "Key 'nesterov' not in 'AdamWConfig'" in str(err.value)
+    assert "In 'recipe/alexnet_cifar'" in str(err.value)
