@@ -266,7 +266,7 @@ class TrainState:
     """What a run needs to continue: the trained objects plus the loop's own counters.
 
     `to_dict()` is last.pt's content; `load()` puts a last.pt back into the objects (weights,
-    optimizer, scheduler, grad scaler, RNG streams) and the counters.
+    optimizer, scheduler, grad scaler, weight EMA, RNG streams) and the counters.
     """
 
     model: nn.Module
@@ -274,9 +274,11 @@ class TrainState:
     scheduler: Any | None = None
     scaler: Any | None = None
     model_name: str = ""
+    ema: Any | None = None  # averaging.WeightEMA (ema.decay)
+    monitor: str = "val_loss"  # the metric best_value is of (val_acc: higher is better)
     epoch: int = 0  # epochs finished
     partial: dict[str, Any] | None = None  # steps and sums of a stopped epoch: {step, seen, ...}
-    best_val_loss: float = math.inf
+    best_value: float = math.inf
     best_epoch: int = 0
     metrics: list[dict[str, Any]] = field(default_factory=list)  # metrics.csv's rows
 
@@ -287,9 +289,11 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "partial": self.partial,
-            "best_val_loss": self.best_val_loss,
+            "monitor": self.monitor,
+            "best_value": self.best_value,
             "best_epoch": self.best_epoch,
             "metrics": self.metrics,
             "rng": rng_state(),
@@ -316,7 +320,11 @@ class TrainState:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
         self.epoch, self.partial = state["epoch"], state.get("partial")
-        self.best_val_loss, self.best_epoch = state["best_val_loss"], state["best_epoch"]
+        if state.get("monitor", "val_loss") == self.monitor:  # else: a new monitor starts afresh
+            self.best_value = state.get("best_value", state.get("best_val_loss"))
+            self.best_epoch = state["best_epoch"]
         self.metrics = state["metrics"]

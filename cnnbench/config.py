@@ -70,6 +70,21 @@ class Anneal(Enum):
     linear = "linear"
 
 
+class Sampler(Enum):
+    random = "random"  # each training image once per epoch, shuffled
+    balanced = "balanced"  # draws with replacement, every class equally likely
+
+
+class Monitor(Enum):
+    val_loss = "val_loss"  # lower is better
+    val_acc = "val_acc"  # higher is better
+
+
+class TTA(Enum):
+    none = "none"
+    flip = "flip"  # average the logits of the image and its mirror image
+
+
 # ---- models: every catalog name is an option of ModelConfig; timm adds `arch`
 
 
@@ -144,6 +159,9 @@ class DatasetConfig:
     # training is the other folds; the test split stays fixed. None: val_split.
     folds: int | None = None
     fold: int | None = None
+    # How training batches draw images: random (a shuffle per epoch) or balanced (classes
+    # equally likely, with replacement); either way a function of (seed, epoch).
+    sampler: Sampler = Sampler.random
 
 
 @dataclass
@@ -252,6 +270,9 @@ class OptimizerConfig:
     name: str = MISSING
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # false: no weight decay on biases and norm weights (1-d parameters), as timm does.
+    decay_norm_and_bias: bool = True
+    clip_grad_norm: float | None = None  # clip the gradients' total L2 norm to this (null: off)
 
 
 @dataclass
@@ -289,9 +310,13 @@ OPTIMIZERS: dict[str, OptimizerConfig] = {
 
 @dataclass
 class SchedulerConfig:
-    """No schedule: optimizer.lr throughout."""
+    """No schedule: optimizer.lr throughout. Every schedule may start with a linear warmup."""
 
     name: str = "none"
+    # Linear warmup over this many epochs (fractions are optimizer steps; 0: none), from
+    # warmup_start_factor x the schedule's first lr up to it; then the schedule, per step.
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.1
 
 
 @dataclass
@@ -322,11 +347,23 @@ class OneCycleScheduler(SchedulerConfig):
     anneal: Anneal = Anneal.cos
 
 
+@dataclass
+class PlateauScheduler(SchedulerConfig):
+    """ReduceLROnPlateau: multiply the lr by factor when the validation loss has not improved
+    for patience epochs (seed 002's author trains AlexNet and VGG so)."""
+
+    name: str = "plateau"
+    factor: float = 0.1
+    patience: int = 10
+    min_lr: float = 0.0
+
+
 SCHEDULERS: dict[str, SchedulerConfig] = {
     "none": SchedulerConfig(),
     "step": StepScheduler(),
     "cosine": CosineScheduler(),
     "onecycle": OneCycleScheduler(),
+    "plateau": PlateauScheduler(),
 }
 
 
@@ -384,6 +421,32 @@ def group_options(group: str) -> list[str]:
 
 
 @dataclass
+class EmaConfig:
+    """An exponential moving average of the weights, validated, kept (best.pt) and tested."""
+
+    decay: float | None = None  # e.g. 0.999 per update (null: off)
+    every: int = 1  # optimizer steps between updates
+    # The n-th update decays by min(decay, (1 + n) / (10 + n)) (TensorFlow's num_updates), so
+    # early averages follow the weights instead of the first ones; false: decay throughout.
+    warmup: bool = True
+
+
+@dataclass
+class EarlyStopConfig:
+    """Stop when `monitor` has not improved by more than min_delta for patience epochs."""
+
+    patience: int | None = None  # null: off
+    min_delta: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    # The training loss's class weights: none, balanced (n / (classes x count), as
+    # scikit-learn's compute_class_weight) or one weight per class. Val and test are unweighted.
+    class_weights: Any = "none"
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -400,6 +463,12 @@ class TrainConfig:
     # none for small sets) or a count; in-memory datasets need none.
     num_workers: str = "auto"
     label_smoothing: float = 0.0
+    loss: LossConfig = field(default_factory=LossConfig)
+    accumulate_steps: int = 1  # batches per optimizer step (effective batch = batch x this)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    monitor: Monitor = Monitor.val_loss  # which epoch's weights are best.pt (and early_stop's)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    tta: TTA = TTA.none  # test-time augmentation in validation, test and `cnnbench eval`
     log_interval: int = 50  # steps between host syncs for the progress bar
     resume: str | None = None  # RUN_DIR or auto: continue that run from its last.pt
     progress: bool = True  # tqdm bars (hidden anyway when stderr is not a terminal)
@@ -448,8 +517,8 @@ def check_values(cfg: Any) -> None:
     problems += _top_level_problems(cfg)
     problems += _model_problems(cfg.model)
     problems += _dataset_problems(cfg.dataset) + _transforms_problems(cfg.transforms)
-    problems += _optimizer_problems(cfg.optimizer) + _scheduler_problems(cfg.scheduler)
-    problems += _model_problems(cfg.model) + _memory_problems(cfg)
+    problems += _optimizer_problems(cfg.optimizer) + _scheduler_problems(cfg.scheduler, cfg.epochs)
+    problems += _model_problems(cfg.model) + _memory_problems(cfg) + _recipe_tool_problems(cfg)
     if cfg.device.threads is not None and cfg.device.threads < 1:
         problems.append(f"device.threads must be >= 1 (got {cfg.device.threads})")
     if problems:
@@ -494,7 +563,7 @@ def _model_problems(model: Any) -> list[str]:
     return problems
 
 
-def _scheduler_problems(sched: Any) -> list[str]:
+def _scheduler_problems(sched: Any, epochs: int) -> list[str]:
     problems = _at_least(sched.get("step_size"), 1, "scheduler.step_size")
     problems += _at_least(sched.get("min_lr"), 0, "scheduler.min_lr")
     for key in ("gamma", "div_factor", "final_div_factor"):
@@ -504,6 +573,24 @@ def _scheduler_problems(sched: Any) -> list[str]:
     pct = sched.get("pct_start")
     if pct is not None and not 0.0 < pct < 1.0:
         problems.append(f"scheduler.pct_start must be in (0, 1) (got {pct})")
+    return problems + _warmup_and_plateau_problems(sched, epochs)
+
+
+def _warmup_and_plateau_problems(sched: Any, epochs: int) -> list[str]:
+    problems = _at_least(sched.warmup_epochs, 0, "scheduler.warmup_epochs")
+    if sched.warmup_epochs > 0 and epochs >= 1 and sched.warmup_epochs >= epochs:
+        problems.append(
+            f"scheduler.warmup_epochs ({sched.warmup_epochs:g}) must be less than epochs "
+            f"({epochs}): the schedule needs steps after the warmup"
+        )
+    if not 0.0 < sched.warmup_start_factor <= 1.0:
+        problems.append(
+            f"scheduler.warmup_start_factor must be in (0, 1] (got {sched.warmup_start_factor})"
+        )
+    if sched.name == "plateau":
+        if not 0.0 < sched.factor < 1.0:
+            problems.append(f"scheduler.factor must be in (0, 1) (got {sched.factor})")
+        problems += _at_least(sched.patience, 0, "scheduler.patience")
     return problems
 
 
@@ -540,6 +627,37 @@ def _model_problems(model: Any) -> list[str]:
         return ["model=timm needs model.arch=NAME (a timm architecture, e.g. resnet50)"]
     if find_spec("timm") is None:
         return ["model=timm needs timm, which is not installed: pip install 'cnnbench[timm]'"]
+
+
+def _recipe_tool_problems(cfg: Any) -> list[str]:
+    """accumulate_steps, ema, early_stop, loss.class_weights, optimizer.clip_grad_norm."""
+    problems = _at_least(cfg.accumulate_steps, 1, "accumulate_steps")
+    problems += _at_least(cfg.ema.every, 1, "ema.every")
+    if cfg.ema.decay is not None and not 0.0 < cfg.ema.decay < 1.0:
+        problems.append(f"ema.decay must be in (0, 1) or null (got {cfg.ema.decay})")
+    problems += _at_least(cfg.early_stop.patience, 1, "early_stop.patience")
+    problems += _at_least(cfg.early_stop.min_delta, 0, "early_stop.min_delta")
+    clip = cfg.optimizer.clip_grad_norm
+    if clip is not None and not (math.isfinite(clip) and clip > 0):
+        problems.append(
+            f"optimizer.clip_grad_norm must be a finite number > 0 or null (got {clip})"
+        )
+    return problems + class_weights_problems(cfg.loss.class_weights)
+
+
+def class_weights_problems(weights: Any) -> list[str]:
+    """loss.class_weights: none, balanced, or a list of numbers >= 0 (not all zero)."""
+    if weights is None or (isinstance(weights, str) and weights in ("none", "balanced")):
+        return []
+    try:
+        values = [float(w) for w in weights] if not isinstance(weights, str) else None
+    except (TypeError, ValueError):
+        values = None
+    if values is None or not values or min(values) < 0 or max(values) <= 0:
+        return [
+            "loss.class_weights must be none, balanced or a list of one weight >= 0 per class, "
+            f"e.g. [1,5] (got {weights})"
+        ]
     return []
 
 
@@ -712,7 +830,9 @@ def group_schemas(group: str) -> list[Any]:
     """The schemas a group's options are checked against (one for preset groups)."""
     if group in REGISTERED_GROUPS:
         return list(REGISTERED_GROUPS[group].values())
-    return {"transforms": [TransformsConfig]}.get(group, [])
+    nodes = {"transforms": TransformsConfig, "loss": LossConfig}
+    nodes.update(ema=EmaConfig, early_stop=EarlyStopConfig)
+    return [nodes[group]] if group in nodes else []
 
 
 def is_config_key(key: str) -> bool:
@@ -806,7 +926,13 @@ def composition_error(err: Exception, overrides: list[str] = ()) -> CnnbenchErro
             f"(~ # ( ) [ ] , = ' or letters outside ASCII) must be quoted for Hydra, inside the shell's quotes: "
             f"\"{key}='{value}'\""
         )
-    return CnnbenchError(str(err).splitlines()[0] if str(err) else err.__class__.__name__)
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # "In 'recipe/x': ... composing config:"
+        return CnnbenchError(
+            f"{lines[0]} {lines[1]} (a recipe's key that the chosen option does not have: "
+            "choose an option that has it, or leave the recipe out)"
+        )
+    return CnnbenchError(lines[0] if lines else err.__class__.__name__)
 
 
 def compose_checked(

@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +173,10 @@ class StopPoll:
     """The batches of an epoch until `stop()` turns true (e.g. on Ctrl-C).
 
     Polled after every batch (a Python flag, no sync); under DDP every `every` batches and
-    agreed by all ranks, so all of them stop after the same step. `stopped_at` is then that
-    step's number (else None).
+    agreed by all ranks, so all of them stop after the same step. With `boundary` k > 1
+    (gradient accumulation) only after every k-th batch, where an optimizer step has just
+    been taken and no gradients are pending. `stopped_at` is then that step's number (else
+    None).
     """
 
     def __init__(
@@ -184,8 +186,10 @@ class StopPoll:
         dist: Distributed | None = None,
         every: int = 50,
         first_step: int = 0,
+        boundary: int = 1,
     ) -> None:
-        self.batches, self.stop, self.every = batches, stop, every
+        self.batches, self.stop, self.boundary = batches, stop, boundary
+        self.every = math.lcm(every, boundary)
         self.dist = dist or Distributed()
         self.first_step = first_step
         self.stopped_at: int | None = None
@@ -202,37 +206,93 @@ class StopPoll:
 
     def _stop_now(self, step: int) -> bool:
         if not self.dist.enabled:
-            return self.stop()
+            return step % self.boundary == 0 and self.stop()
         return step % self.every == 0 and self.dist.any(self.stop())
 
 
 @dataclass
 class TrainStep:
-    """One optimization step: forward, loss, backward, update (and a per-step schedule)."""
+    """One optimization step: forward, loss, backward, update (and a per-step schedule).
+
+    With `accumulate` > 1 a call is one of the batches of an optimizer step: its gradients
+    add up (weighted by batch size, so k batches of b step as one batch of k x b would) and
+    the update is made on the call with `update=True` (the caller marks each k-th batch and
+    the epoch's last). `clip_grad_norm` clips the gradients' total norm before the update
+    (unscaled first under fp16); `ema` (averaging.WeightEMA) is stepped after every update.
+    """
 
     optimizer: torch.optim.Optimizer
     loss_fn: nn.Module
     autocast: AbstractContextManager | None = None
     scaler: torch.amp.GradScaler | None = None
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped every batch
+    scheduler: Any | None = None  # stepped after every optimizer step
+    clip_grad_norm: float | None = None
+    accumulate: int = 1  # batches per optimizer step
+    ema: Any | None = None  # .step() after every optimizer step
     best_path: Path | None = None  # the run's best.pt, for check_finite's message
+    # the accumulating step's group so far: batches, samples, the first batch's size
+    group: list[int] = field(default_factory=lambda: [0, 0, 0], init=False, repr=False)
 
     def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, update: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.accumulate > 1:
+            return self._accumulating(model, x, y, update)
         with self.autocast or nullcontext():
             logits = model(x)
             loss = self.loss_fn(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
+        self._backward(loss)
+        self._update()
+        return logits, loss
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _update(self, rescale: float = 1.0) -> None:
+        """The optimizer step on the gradients there are (times `rescale`), then the
+        per-step schedule and the EMA."""
+        if self.clip_grad_norm is not None or rescale != 1.0:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grads = [p.grad for p in params if p.grad is not None]
+            if rescale != 1.0 and grads:
+                torch._foreach_mul_(grads, rescale)
+            if self.clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(params, self.clip_grad_norm, foreach=True)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
+        if self.ema is not None:
+            self.ema.step()
+
+    def _accumulating(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, update: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of an accumulated step: its loss weighted n / (k x b), b the group's first
+        batch size; a short group (the epoch's last) is rescaled to the mean of its samples."""
+        n = x.shape[0]
+        if self.group[0] == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.group = [0, 0, n]
+        self.group[0] += 1
+        self.group[1] += n
+        # DDP: average the gradients over the ranks once, in the step's last backward
+        no_sync = getattr(model, "no_sync", None)
+        with nullcontext() if update or no_sync is None else no_sync():
+            with self.autocast or nullcontext():
+                logits = model(x)
+                loss = self.loss_fn(logits, y)
+            self._backward(loss * (n / (self.accumulate * self.group[2])))
+        if update:
+            _, samples, first = self.group
+            self._update(self.accumulate * first / samples)
+            self.group = [0, 0, 0]
         return logits, loss
 
     def check_finite(self, loss: float, where: str) -> None:
@@ -246,7 +306,8 @@ class TrainStep:
                 kept = kept or "; no best.pt was saved before it"
             raise CnnbenchError(
                 f"loss became {loss} {where} (lr {lr:g}){kept}. Try a "
-                "smaller optimizer.lr, a scheduler with warmup, or gradient clipping."
+                "smaller optimizer.lr, a warmup (scheduler.warmup_epochs=1) or gradient "
+                "clipping (optimizer.clip_grad_norm=1.0)."
             )
 
 
@@ -266,8 +327,10 @@ def train_one_epoch(
     progress = progress or Progress(len(batches), "", enabled=False)  # type: ignore[arg-type]
     model.train()
     start = time.perf_counter()
+    total, every = len(batches), step.accumulate  # type: ignore[arg-type]
     for x, y in batches:
-        logits, loss = step(model, x, y)
+        done = progress.step_count + 1  # steps of the epoch done after this one
+        logits, loss = step(model, x, y, every == 1 or done % every == 0 or done == total)
         meter.update(loss, logits, y, top5=False)
         progress.step(meter, lambda value: step.check_finite(value, progress.where()))
     progress.close()

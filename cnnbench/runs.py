@@ -290,6 +290,7 @@ def check_resume(run_dir: Path, cfg: Any, overrides: Sequence[str]) -> None:
     if cfg.epochs < done + partial or (finished and cfg.epochs == done):
         trained = f"{done} epoch(s)" + (f" and part of epoch {done + 1}" if partial else "")
         sched = last.get("scheduler") or {}
+        sched = (sched.get("_schedulers") or [sched])[-1]  # after a warmup: the schedule
         ended = "T_max" in sched and sched.get("last_epoch", 0) >= sched["T_max"]
         way = (
             f"its cosine schedule has ended (more epochs would train at min_lr), so {fresh_schedule_hint(str(run_dir))}"

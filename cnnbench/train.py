@@ -4,8 +4,11 @@
 
 `train(cfg, out_dir)` reads top to bottom: build the data (splits, pipelines), the model, the
 loaders and the training step; restore the train state when resuming; then per epoch train,
-validate, record the metrics and keep the best weights by validation loss; finally test the
-best weights. `cnnbench eval`, `predict`, `summary` and the scripts reuse the same stages.
+validate, record the metrics and keep the best weights by the monitored metric (`monitor`,
+validation loss by default), stopping early when it no longer improves (`early_stop`);
+finally test the best weights. With `ema.decay` the weights validated, kept and tested are
+the moving average of the trained ones; `tta=flip` averages each image's logits with its
+mirror image's. `cnnbench eval`, `predict`, `summary` and the scripts reuse the same stages.
 
 Hydra composes the config from configs/ (schemas in config.py) and gives the run its own
 directory; everything this run produces is written there. Under torchrun the same recipe runs
@@ -15,6 +18,7 @@ in every process with DistributedDataParallel (distributed.py); rank 0 writes th
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -28,8 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import distributed, interrupt
+from .averaging import WeightEMA, with_tta
 from .checkpoint import TrainState, atomic_write_text, load_checkpoint, save_checkpoint, unwrap
-from .config import Precision, check_values, eval_batch_size, register_configs
+from .config import Monitor, Precision, Sampler, check_values, eval_batch_size, register_configs
 from .data import BatchTransform, DataSplits, TensorLoader, build_transforms, load_dataset
 from .device import Workload, autocast_for, grad_scaler_for, resolve_device, resolve_precision
 from .distributed import Distributed
@@ -49,7 +54,9 @@ from .optim import (
     build_optimizer,
     build_scheduler,
     is_per_step,
+    parameter_groups,
     retarget_scheduler,
+    step_after_epoch,
 )
 from .plots import CurvesWriter
 from .preflight import warn_if_hopeless
@@ -191,6 +198,7 @@ def build_loaders(cfg: Any, data: Data, device: torch.device, ddp: Distributed) 
         rank=ddp.rank,
         world_size=ddp.world_size,
         limit=cfg.limit_train_batches,
+        balanced=Sampler(cfg.dataset.sampler) == Sampler.balanced,
     )
     splits, tf = data.splits, data.eval_tf
     val = eval_loader(cfg, splits.val, tf, device, ddp, limit=cfg.limit_val_batches)
@@ -228,38 +236,90 @@ def choose_precision(
 
 
 def wrap_model(
-    model: nn.Module, cfg: Any, device: torch.device, ddp: Distributed
+    model: nn.Module,
+    cfg: Any,
+    device: torch.device,
+    ddp: Distributed,
+    evaluated: nn.Module | None = None,
 ) -> tuple[nn.Module, nn.Module]:
     """(module to train, module to evaluate): DDP averages the gradients over the ranks in
-    backward() and starts from rank 0's weights; evaluation runs on the plain model (each
-    rank on its part of the split); device.compile wraps both in torch.compile."""
+    backward() and starts from rank 0's weights; evaluation runs on the plain model, or on
+    `evaluated` (the EMA's weights), each rank on its part of the split, under `tta`;
+    device.compile wraps both in torch.compile."""
     compile_ = torch.compile if cfg.device.compile else (lambda m: m)
+    tested = with_tta(evaluated if evaluated is not None else model, cfg.tta)
     if not ddp.enabled:
         net = compile_(model)
-        return net, net
+        return net, net if tested is model else compile_(tested)
     ids = [device.index] if device.type == "cuda" else None
-    return compile_(nn.parallel.DistributedDataParallel(model, device_ids=ids)), compile_(model)
+    return compile_(nn.parallel.DistributedDataParallel(model, device_ids=ids)), compile_(tested)
+
+
+def optimizer_steps(cfg: Any, batches: int) -> int:
+    """Optimizer steps in an epoch of `batches` batches (accumulate_steps batches a step)."""
+    return -(-batches // cfg.accumulate_steps)
 
 
 def build_training(
-    cfg: Any, model: nn.Module, precision: Precision, device: torch.device, steps_per_epoch: int
+    cfg: Any, model: nn.Module, precision: Precision, device: torch.device, batches: int
 ) -> TrainState:
-    """Optimizer, schedule and grad scaler, in a fresh train state (epoch 0)."""
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, steps_per_epoch)
+    """Optimizer, schedule, grad scaler and weight EMA, in a fresh train state (epoch 0);
+    `batches` per epoch."""
+    optimizer = build_optimizer(cfg.optimizer, parameter_groups(model, cfg.optimizer))
+    steps = optimizer_steps(cfg, batches)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs, steps)
     scaler = grad_scaler_for(precision, device)
-    return TrainState(model, optimizer, scheduler, scaler, model_name=cfg.model.name)
+    ema = None
+    if cfg.ema.decay is not None:
+        ema = WeightEMA(model, cfg.ema.decay, cfg.ema.every, cfg.ema.warmup)
+    monitor = Monitor(cfg.monitor).value
+    best = math.inf if monitor == Monitor.val_loss.value else -math.inf
+    return TrainState(
+        model, optimizer, scheduler, scaler, cfg.model.name, ema, monitor, best_value=best
+    )
 
 
-def train_step(cfg: Any, state: TrainState, precision: Precision, device: torch.device):
-    """The optimization step: loss (with label smoothing), autocast, scaler, per-step lr."""
-    per_step = state.scheduler if is_per_step(state.scheduler) else None  # onecycle
+def class_weights(cfg: Any, data: Data) -> torch.Tensor | None:
+    """loss.class_weights as one weight per class (None: unweighted). balanced: n / (classes x
+    count) over the training split's classes, as scikit-learn's compute_class_weight."""
+    spec = cfg.loss.class_weights
+    if spec is None or (isinstance(spec, str) and spec == "none"):
+        return None
+    if isinstance(spec, str):  # balanced (check_values allows nothing else)
+        counts = torch.bincount(data.splits.train.labels.cpu(), minlength=data.num_classes)
+        counts = counts.double()
+        present = counts > 0
+        weights = torch.where(present, counts.sum() / (present.sum() * counts), 0.0)
+        return weights.float()
+    if len(spec) != data.num_classes:
+        raise CnnbenchError(
+            f"loss.class_weights has {len(spec)} weights, but the model has "
+            f"{data.num_classes} classes ({', '.join(data.splits.classes[:12])}): give one "
+            "per class, in this order"
+        )
+    return torch.tensor([float(w) for w in spec])
+
+
+def train_step(
+    cfg: Any,
+    state: TrainState,
+    precision: Precision,
+    device: torch.device,
+    weights: torch.Tensor | None = None,
+) -> TrainStep:
+    """The optimization step: loss (class `weights`, label smoothing), autocast, scaler,
+    per-step lr, gradient clipping and accumulation, the weight EMA."""
+    per_step = state.scheduler if is_per_step(state.scheduler) else None  # onecycle, warmup
+    weight = weights.to(device) if weights is not None else None
     return TrainStep(
         state.optimizer,
-        nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing),
         autocast_for(precision, device),
         state.scaler,
         per_step,
+        clip_grad_norm=cfg.optimizer.clip_grad_norm,
+        accumulate=cfg.accumulate_steps,
+        ema=state.ema,
     )
 
 
@@ -267,7 +327,8 @@ def resume(state: TrainState, cfg: Any, out_dir: Path, loader: TensorLoader, wor
     """Continue from out_dir/last.pt; `resume=DIR epochs=N` re-aims the schedule at epoch N
     (runs.check_resume has refused fewer epochs, or none more for a finished run)."""
     state.load(out_dir / "last.pt")
-    retargeted = retarget_scheduler(state.scheduler, cfg.epochs, len(loader), str(out_dir))
+    steps = optimizer_steps(cfg, len(loader))
+    retargeted = retarget_scheduler(state.scheduler, cfg.epochs, steps, str(out_dir))
     stopped, epoch = state.partial, state.epoch + 1
     if stopped is not None and stopped.get("world", 1) != world:
         log.warning(
@@ -286,7 +347,7 @@ def resume(state: TrainState, cfg: Any, out_dir: Path, loader: TensorLoader, wor
     log.info(
         f"resuming {out_dir} after epoch {state.epoch}"
         + (f" and {stopped['step']} steps of epoch {epoch}" if stopped else "")
-        + f" (best val_loss {state.best_val_loss:.5f})"
+        + f" (best {state.monitor} {state.best_value:.5f})"
     )
     if retargeted:
         log.warning(retargeted)
@@ -312,7 +373,9 @@ def run_epoch(
     meter = Meter(next(net.parameters()).device, ddp)
     if stopped:
         meter.load_state_dict(stopped)
-    batches = StopPoll(loader, interrupt.requested, ddp, cfg.log_interval, first_step=first)
+    batches = StopPoll(
+        loader, interrupt.requested, ddp, cfg.log_interval, first, boundary=cfg.accumulate_steps
+    )
     progress = Progress(
         len(loader),
         desc,
@@ -329,7 +392,8 @@ def run_epoch(
 
 
 def best_checkpoint(model: nn.Module, cfg: Any, data: Data, epoch: int, val_loss: float) -> dict:
-    """best.pt: the weights and all `cnnbench eval`, `predict` and `export` need with them."""
+    """best.pt: the weights (of `model`: the trained one or its EMA) and all `cnnbench eval`,
+    `predict` and `export` need with them."""
     return {
         "model": unwrap(model).state_dict(),
         "model_name": cfg.model.name,
@@ -353,16 +417,41 @@ def record_epoch(state: TrainState, row: dict, cfg: Any, out_dir: Path, writers:
     logger.log(row)
 
 
-def improved(state: TrainState, val_loss: float, epoch: int) -> bool:
-    """True (and recorded) when this epoch's validation loss is the best so far."""
-    if val_loss >= state.best_val_loss:
+def improved(state: TrainState, row: dict) -> bool:
+    """True (and recorded) when this epoch's `state.monitor` (a metrics row's val_loss or
+    val_acc) is the best so far."""
+    value = row[state.monitor]
+    lower = state.monitor == Monitor.val_loss.value
+    if (value >= state.best_value) if lower else (value <= state.best_value):
         return False
     log.info(
-        f"[INFO] val_loss has been improved from {state.best_val_loss:.5f} to {val_loss:.5f}. "
+        f"[INFO] {state.monitor} has been improved from {state.best_value:.5f} to {value:.5f}. "
         "Saving Model!"
     )
-    state.best_val_loss, state.best_epoch = val_loss, epoch
+    state.best_value, state.best_epoch = value, row["epoch"]
     return True
+
+
+def early_stop_reason(rows: list[dict], monitor: str, patience: Any, min_delta: float) -> str:
+    """Why to stop after the last of `rows` (metrics.csv's rows; '' to go on): `monitor` has not
+    improved by more than `min_delta` for `patience` epochs. A function of the history alone,
+    so the count goes on across a resume."""
+    if patience is None or not rows:
+        return ""
+    sign = 1.0 if monitor == Monitor.val_loss.value else -1.0
+    best, best_epoch, waited = math.inf, 0, 0
+    for row in rows:
+        if sign * row[monitor] < best - min_delta:
+            best, best_epoch, waited = sign * row[monitor], row["epoch"], 0
+        else:
+            waited += 1
+    if waited < patience:
+        return ""
+    return (
+        f"early stopping after epoch {rows[-1]['epoch']}: {monitor} has not improved by more "
+        f"than {min_delta:g} for {waited} epochs (early_stop.patience={patience}; best "
+        f"{sign * best:.5f} at epoch {best_epoch})"
+    )
 
 
 def eta(rows: list[dict], epoch: int, epochs: int) -> str:
@@ -404,71 +493,39 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         atomic_write_text(out_dir / "summary.txt", table)
         warn_if_hopeless(cfg, count_params(model), data, device)  # e.g. VGG-16 on 8x8 digits
     precision = choose_precision(cfg, device, model, data, ddp)
-    net, eval_net = wrap_model(model, cfg, device, ddp)
     loaders = build_loaders(cfg, data, device, ddp)
     state = build_training(cfg, model, precision, device, len(loaders.train))
-    step = train_step(cfg, state, precision, device)
+    kept = state.ema.module if state.ema is not None else model  # the weights best.pt keeps
+    net, eval_net = wrap_model(model, cfg, device, ddp, kept)
+    step = train_step(cfg, state, precision, device, class_weights(cfg, data))
     step.best_path = out_dir / "best.pt"  # a non-finite loss says whether it is kept
     log_training_line(cfg, model, device, precision, ddp)
-    if cfg.resume:  # continue from last.pt: weights, optimizer, scheduler, RNG, history
+    if cfg.resume:  # continue from last.pt: weights, optimizer, scheduler, EMA, RNG, history
         resume(state, cfg, out_dir, loaders.train, ddp.world_size)
 
-    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     show = cfg.progress and main
     validate = partial(evaluate, eval_net, autocast=step.autocast, progress=show, dist=ddp)
-    logger = open_logger(cfg.logger, out_dir, cfg) if main else NullLogger()  # logger=...
-    writers = (CurvesWriter(out_dir / "curves.png") if main else None, logger)
-    throughput = [0, 0.0]  # images trained, seconds (this session)
     earlier = sum(row["seconds"] for row in state.metrics)  # epochs of earlier sessions (resume)
-    interrupt.set_quiet(not main)
-    interrupt.arm()  # Ctrl-C/SIGTERM from here on: finish the step, save last.pt, exit
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        epoch_start = time.perf_counter()
-        lr = state.optimizer.param_groups[0]["lr"]
-        desc = f"[Training] {eta(state.metrics, epoch, cfg.epochs)}"
-        tr, stopped_at = run_epoch(net, loaders.train, step, state, cfg, ddp, desc)
-        if stopped_at is not None:  # stopped mid-epoch: save this point and exit
-            if main:
-                state.save(last_path)
-            ddp.barrier()  # no rank exits (and gets the others killed) before it is saved
-            interrupt.exit_for_resume(out_dir, f"in epoch {epoch} after step {stopped_at}")
-        state.partial = None
-        throughput = [throughput[0] + tr.images, throughput[1] + tr.seconds]
-        va = validate(loaders.val)
-        if state.scheduler is not None and step.scheduler is None:
-            state.scheduler.step()  # per-epoch schedules
-        row = dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.top1, val_loss=va.loss)
-        row.update(val_acc=va.top1, lr=lr, seconds=time.perf_counter() - epoch_start)
-        record_epoch(state, row, cfg, out_dir, writers)
-        log.info(
-            f"epoch {epoch}/{cfg.epochs}  [Training] loss: {tr.loss:.5f}, accuracy: {tr.top1:.5f}"
-            f"  [Validation] loss: {va.loss:.5f}, accuracy: {va.top1:.5f}  "
-            f"({tr.images / tr.seconds:,.0f} img/s)"
-        )
-        if improved(state, va.loss, epoch) and main:
-            save_checkpoint(best_checkpoint(model, cfg, data, epoch, va.loss), best_path)
-        state.epoch = epoch
-        if main:
-            state.save(last_path)
-        if ddp.any(interrupt.requested()):
-            ddp.barrier()
-            interrupt.exit_for_resume(out_dir, f"after epoch {epoch}")
-    interrupt.disarm()
-    logger.close()
+    throughput, stopped = fit(cfg, out_dir, data, loaders, (net, step, state, validate), ddp)
 
     # ---- test: reload the best weights, evaluate with the eval transform
     if main:
-        model.load_state_dict(load_checkpoint(best_path)["model"])
-    ddp.broadcast_state(model)  # DDP: rank 0's best.pt, without a shared file system
+        kept.load_state_dict(load_checkpoint(out_dir / "best.pt")["model"])
+    ddp.broadcast_state(kept)  # DDP: rank 0's best.pt, without a shared file system
     te = validate(loaders.test, desc="[Test]")
     images, seconds = throughput
+    best = next((r for r in state.metrics if r["epoch"] == state.best_epoch), {})
     results = dict(
         test_loss=te.loss,
         test_top1=te.top1,
         test_top5=te.top5 if splits.num_classes > 5 else None,  # top-5 of <= 5 classes: 1
         best_epoch=state.best_epoch,
-        best_val_loss=state.best_val_loss,
+        best_val_loss=best.get("val_loss", math.nan),
+        best_val_acc=best.get("val_acc", math.nan),
+        monitor=state.monitor,
         epochs=cfg.epochs,
+        stopped_early=bool(stopped),
+        stopped_epoch=state.epoch if stopped else None,
         wall_seconds=time.perf_counter() - wall_start + earlier,
         train_images_per_sec=images / seconds if seconds > 0 else None,  # None: test only
         params=count_params(model),
@@ -477,7 +534,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         device=str(device),
         precision=precision.value,
         world_size=ddp.world_size,
-        effective_batch_size=cfg.batch_size * ddp.world_size,
+        accumulate_steps=cfg.accumulate_steps,
+        effective_batch_size=cfg.batch_size * ddp.world_size * cfg.accumulate_steps,
         classes=splits.classes,
     )
     if main:
@@ -490,6 +548,68 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     return results
 
 
+def fit(
+    cfg: Any, out_dir: Path, data: Data, loaders: Loaders, run: tuple, ddp: Distributed
+) -> tuple[list, str]:
+    """The epochs of `run` = (net, step, state, validate): train, validate, record, keep the
+    best weights, save last.pt; stop early or on Ctrl-C. Returns ([images, seconds] trained,
+    why it stopped early or '')."""
+    net, step, state, validate = run
+    main = ddp.is_main  # the one process that prints and writes
+    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
+    kept = state.ema.module if state.ema is not None else state.model
+    logger = open_logger(cfg.logger, out_dir, cfg) if main else NullLogger()  # logger=...
+    writers = (CurvesWriter(out_dir / "curves.png") if main else None, logger)
+    throughput = [0, 0.0]  # images trained, seconds
+    patience, min_delta = cfg.early_stop.patience, cfg.early_stop.min_delta
+    stopped = early_stop_reason(state.metrics, state.monitor, patience, min_delta)
+    if stopped:  # a resumed run that had stopped early
+        log.info(f"{stopped}; no more epochs to train")
+    interrupt.set_quiet(not main)
+    interrupt.arm()  # Ctrl-C/SIGTERM from here on: finish the step, save last.pt, exit
+    for epoch in range(cfg.epochs + 1 if stopped else state.epoch + 1, cfg.epochs + 1):
+        epoch_start = time.perf_counter()
+        lr = state.optimizer.param_groups[0]["lr"]  # the epoch's first (as it started)
+        lr = state.partial.get("lr", lr) if state.partial else lr
+        desc = f"[Training] {eta(state.metrics, epoch, cfg.epochs)}"
+        tr, stopped_at = run_epoch(net, loaders.train, step, state, cfg, ddp, desc)
+        if stopped_at is not None:  # stopped mid-epoch: save this point and exit
+            state.partial["lr"] = lr  # type: ignore[index]
+            if main:
+                state.save(last_path)
+            ddp.barrier()  # no rank exits (and gets the others killed) before it is saved
+            interrupt.exit_for_resume(out_dir, f"in epoch {epoch} after step {stopped_at}")
+        state.partial = None
+        throughput = [throughput[0] + tr.images, throughput[1] + tr.seconds]
+        va = validate(loaders.val)
+        step_after_epoch(state.scheduler, va.loss)  # per-epoch schedules (plateau: val_loss)
+        row = dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.top1, val_loss=va.loss)
+        row.update(val_acc=va.top1, lr=lr, seconds=time.perf_counter() - epoch_start)
+        record_epoch(state, row, cfg, out_dir, writers)
+        log.info(
+            f"epoch {epoch}/{cfg.epochs}  [Training] loss: {tr.loss:.5f}, accuracy: {tr.top1:.5f}"
+            f"  [Validation] loss: {va.loss:.5f}, accuracy: {va.top1:.5f}  "
+            f"({tr.images / tr.seconds:,.0f} img/s)"
+        )
+        if improved(state, row) and main:
+            save_checkpoint(best_checkpoint(kept, cfg, data, epoch, va.loss), best_path)
+        state.epoch = epoch
+        if main:
+            state.save(last_path)
+        if ddp.any(interrupt.requested()):
+            ddp.barrier()
+            interrupt.exit_for_resume(out_dir, f"after epoch {epoch}")
+        stopped = early_stop_reason(state.metrics, state.monitor, patience, min_delta)
+        if stopped:
+            log.info(stopped)
+            if writers[0] is not None:
+                writers[0].refresh(state.metrics, final=True)
+            break
+    interrupt.disarm()
+    logger.close()
+    return throughput, stopped
+
+
 def log_training_line(
     cfg: Any, model: nn.Module, device: torch.device, precision: Precision, ddp: Distributed
 ) -> None:
@@ -499,6 +619,9 @@ def log_training_line(
             f"DDP over {ddp.world_size} processes: batch {cfg.batch_size} per process, "
             f"{cfg.batch_size * ddp.world_size} effective"
         )
+    if cfg.accumulate_steps > 1:
+        effective = cfg.batch_size * ddp.world_size * cfg.accumulate_steps
+        batch += f", {cfg.accumulate_steps} batches per optimizer step: {effective} effective"
     log.info(
         f"training {cfg.model.name} ({count_params(model):,} params) on {device} "
         f"({precision.value}, {torch.get_num_threads()} threads) for {cfg.epochs} epochs, {batch}"

@@ -37,12 +37,14 @@ from cnnbench.device import resolve_device  # noqa: E402
 from cnnbench.distributed import Distributed  # noqa: E402
 from cnnbench.engine import evaluate  # noqa: E402
 from cnnbench.models import count_params  # noqa: E402
+from cnnbench.optim import step_after_epoch  # noqa: E402
 from cnnbench.train import (  # noqa: E402
     Data,
     build_loaders,
     build_model,
     build_training,
     choose_precision,
+    class_weights,
     run_epoch,
     seed_everything,
     train_step,
@@ -99,10 +101,11 @@ def main() -> None:
     start = time.perf_counter()
     precision = choose_precision(cfg, device, model, data, ddp)
     probe_seconds = time.perf_counter() - start
-    net, _ = wrap_model(model, cfg, device, ddp)
     loaders = build_loaders(cfg, data, device, ddp)
     state = build_training(cfg, model, precision, device, len(loaders.train))
-    step = train_step(cfg, state, precision, device)
+    kept = state.ema.module if state.ema is not None else model  # ema.decay: the EMA is tested
+    net, eval_net = wrap_model(model, cfg, device, ddp, kept)
+    step = train_step(cfg, state, precision, device, class_weights(cfg, data))
     print(
         f"{cfg.model.name} ({count_params(model):,} params), {len(train)} train / {len(test)} "
         f"test images, {cfg.epochs} epochs, batch {cfg.batch_size}, {precision.value}, "
@@ -117,13 +120,12 @@ def main() -> None:
         epoch_cpu = time.process_time()
         tr, _ = run_epoch(net, loaders.train, step, state, cfg, ddp, f"[Training] epoch {epoch}")
         state.epoch = epoch
-        if state.scheduler is not None and step.scheduler is None:
-            state.scheduler.step()
         train_seconds += tr.seconds
         train_cpu += time.process_time() - epoch_cpu
         te = evaluate(
-            net, loaders.test, autocast=step.autocast, progress=cfg.progress, desc="[Test]"
+            eval_net, loaders.test, autocast=step.autocast, progress=cfg.progress, desc="[Test]"
         )
+        step_after_epoch(state.scheduler, te.loss)  # per-epoch schedules (plateau: this loss)
         rows.append(
             dict(
                 epoch=epoch,

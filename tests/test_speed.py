@@ -151,8 +151,9 @@ def test_the_real_measurement_returns_step_times_and_leaves_the_model_alone():
 def test_onecycle_is_stepped_per_batch_with_the_documented_shape():
     opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.4, momentum=0.9)
     scfg = SimpleNamespace(
-        name="onecycle", pct_start=0.25, div_factor=8.0, final_div_factor=100.0, anneal="linear"
-    )
+        name="onecycle", pct_start=0.25, div_factor=8.0, final_div_factor=100.0, anneal="linear",
+        warmup_epochs=0.0,
+    )  # fmt: skip
     sched = build_scheduler(scfg, opt, epochs=4, steps_per_epoch=10)
     assert is_per_step(sched)
     lrs = []
@@ -164,7 +165,7 @@ def test_onecycle_is_stepped_per_batch_with_the_documented_shape():
     assert max(lrs) == pytest.approx(0.4) and lrs.index(max(lrs)) == 9  # 25% of 40 steps
     assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert opt.param_groups[0]["momentum"] == 0.9  # momentum is not cycled
-    cosine = SimpleNamespace(name="cosine", min_lr=0.0)
+    cosine = SimpleNamespace(name="cosine", min_lr=0.0, warmup_epochs=0.0)
     assert not is_per_step(build_scheduler(cosine, opt, epochs=4, steps_per_epoch=10))
     with pytest.raises(CnnbenchError, match="bad value for 'scheduler.anneal'.*exp"):
         compose_checked(["scheduler=onecycle", "scheduler.anneal=exp"])

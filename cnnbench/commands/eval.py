@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..averaging import with_tta
 from ..checkpoint import atomic_write_text, load_checkpoint
 from ..data import ImageFiles, ImageTensors, MappedImages
 from ..data.images import decode_file
@@ -47,7 +48,7 @@ USAGE = (
 )
 DESCRIPTION = """
 Evaluates RUN_DIR/best.pt on the run's test split (or split=val) with the run's saved config
-and eval transform; prints loss, top-1, top-5 and per-class accuracy and writes
+and eval transform (and its test-time augmentation; tta=flip or tta=none to change it); prints loss, top-1, top-5 and per-class accuracy and writes
 metrics.json, per_class.csv and confusion_matrix.png to RUN_DIR/eval (or --out DIR).
 Overrides change the saved config, e.g. device=cpu, eval_batch_size=256, dataset.root=PATH.
 """
@@ -223,10 +224,12 @@ def evaluate_run(
     images = getattr(data.splits, split)
     loader = eval_loader(cfg, images, data.eval_tf, device, Distributed())
 
-    # ---- model; a forward hook records each image's top-1 class and probability
+    # ---- model (under the run's tta, or tta=...); a forward hook records each image's top-1
+    # class and probability
     model = model_from_checkpoint(ckpt, device)
     if cfg.device.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = with_tta(model, cfg.tta)
     top1 = Top1()
     hook = model.register_forward_hook(top1)
     try:
@@ -257,6 +260,7 @@ def evaluate_run(
     metrics = dict(
         run_dir=str(run_dir),
         split=split,
+        tta=getattr(cfg.tta, "value", cfg.tta),
         checkpoint_epoch=ckpt.get("epoch"),
         images=result.images,
         loss=result.loss,
@@ -300,7 +304,7 @@ def format_report(m: dict[str, Any]) -> str:
     top5 = f"  top-5 {m['top5']:.4f}" if len(m["classes"]) > 5 else ""
     lines = [
         f"{m['split']} split of {m['run_dir']} (best.pt from epoch {m['checkpoint_epoch']}, "
-        f"{m['images']} images)",
+        f"{m['images']} images{', tta=flip' if m['tta'] == 'flip' else ''})",
         f"loss {m['loss']:.4f}  top-1 {m['top1']:.4f}{top5}",
         "",
         f"{'class':<{width}}  support  recall  precision      f1",

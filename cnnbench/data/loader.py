@@ -57,10 +57,13 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
         limit: float | None = None,
+        balanced: bool = False,
     ) -> None:
         # Batches gathered or decoded on the host; None: index ops on self.images.
         self.stream = _host_source(data, batch_size, device)
         self.labels = data.labels
+        # dataset.sampler=balanced: each draw picks a class uniformly, then one of its images
+        self.draw_weights = class_balanced_weights(data.labels) if balanced else None
         if self.stream is None:
             # In memory (and on the GPU when it fits there): batches are index ops.
             self.images = data.images.to(device)
@@ -125,7 +128,10 @@ class TensorLoader:
                 return None
             return torch.arange(self.rank, n, self.world_size)[: self._epoch_size()]
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(n, generator=gen)
+        if self.draw_weights is None:
+            order = torch.randperm(n, generator=gen)
+        else:  # n draws with replacement, classes equally likely (WeightedRandomSampler's)
+            order = torch.multinomial(self.draw_weights, n, replacement=True, generator=gen)
         if self.world_size > 1:
             total = self._shard_size() * self.world_size
             order = order.repeat(-(-total // n))[:total]
@@ -239,6 +245,13 @@ class _HostBatches:
                 yield batch
         finally:  # also when the epoch stops early (Ctrl-C, an error)
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def class_balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample draw weights 1 / (its class's count): every present class equally likely."""
+    labels = labels.cpu()
+    counts = torch.bincount(labels).double()
+    return (1.0 / counts)[labels]
 
 
 class _FileSet(Dataset):
