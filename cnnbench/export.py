@@ -6,7 +6,7 @@ logits, like the PyTorch model. What a user needs to feed it is stored with it a
 (ONNX metadata_props, TorchScript _extra_files), every value a string:
 model_name, classes (JSON list), num_classes, input_size (JSON [C, H, W]), mean and std
 (JSON lists, on the [0, 1] scale), preprocessing (how pixels become the input),
-config_hash (flatconfig.config_hash: sha256 of the run's saved config), epoch, cnnbench_version.
+config_hash (runs.config_hash: sha256 of the run's saved config), epoch, cnnbench_version.
 
 onnx, onnxscript and onnxruntime come with the `export` extra: pip install 'cnnbench[export]'.
 """
@@ -31,7 +31,8 @@ from torch import nn
 
 from . import __version__
 from .errors import CnnbenchError
-from .flatconfig import config_hash
+from .runs import config_hash
+from .train import load_best, model_from_checkpoint, normalization
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -260,9 +261,6 @@ def export_run(
     atol: float = ATOL,
 ) -> tuple[ExportedModel, dict[str, str]]:
     """Export a run's best.pt with its metadata; returns the result and the metadata."""
-    from .commands.eval import load_best, model_from_checkpoint
-    from .commands.predict import normalization
-
     if fmt not in FORMATS:
         raise CnnbenchError(f"--format {fmt}: valid formats are {', '.join(FORMATS)}")
     if opset is not None and fmt != "onnx":

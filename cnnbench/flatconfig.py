@@ -6,9 +6,6 @@ stamp exported models with the config they were trained with.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -50,18 +47,3 @@ def flat_config(cfg: Any, resolve: bool = False) -> dict[str, Any]:
     for key in IGNORED:
         data.pop(key, None)
     return flatten(data)
-
-
-def config_hash(run_dir: Path) -> str:
-    """sha256 of a run's saved config (`.hydra/config.yaml`), stable across resumes.
-
-    The config is hashed as canonical JSON (keys sorted, interpolations as written) without
-    `resume`, which a resume rewrites: the same keys and values give the same hash.
-    """
-    from .runs import saved_config
-
-    data = to_plain(saved_config(run_dir))
-    for key in IGNORED:
-        data.pop(key, None)
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()

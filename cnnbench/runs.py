@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shlex
@@ -17,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import GROUPS, PATH_KEYS, group_options
 from .errors import CnnbenchError
+from .flatconfig import IGNORED, flat_config, to_plain
 
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
 PRIMARY_NAME = "saved_run"
@@ -201,8 +204,6 @@ def find_runs(root: Path) -> list[Path]:
 
 def _comparable(cfg: Any) -> dict:
     """A config as flat keys, without what a resume may change (resume, epochs) or Hydra's."""
-    from .flatconfig import flat_config
-
     data = flat_config(cfg, resolve=True)
     data.pop("epochs", None)  # resume=auto epochs=30 extends the run it means
     return data
@@ -264,7 +265,6 @@ def check_resume(run_dir: Path, cfg: Any, overrides: Sequence[str]) -> None:
     another value of a key that shapes training (seed, dataset.root, optimizer.lr, ...), or
     fewer epochs than the run has already trained (or none to add to a finished run)."""
     from .checkpoint import load_checkpoint
-    from .flatconfig import flat_config
 
     old, new = flat_config(saved_config(run_dir)), flat_config(cfg)
     touched = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
@@ -677,3 +677,16 @@ def saved_config_guard(saved: SavedConfig | None) -> Iterator[None]:
             for path, data in saved.files.items():
                 atomic_write(path, lambda f, data=data: f.write(data))
         raise
+
+
+def config_hash(run_dir: Path) -> str:
+    """sha256 of a run's saved config (`.hydra/config.yaml`), stable across resumes.
+
+    The config is hashed as canonical JSON (keys sorted, interpolations as written) without
+    `resume`, which a resume rewrites: the same keys and values give the same hash.
+    """
+    data = to_plain(saved_config(run_dir))
+    for key in IGNORED:
+        data.pop(key, None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

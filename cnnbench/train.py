@@ -60,6 +60,7 @@ from .optim import (
 )
 from .plots import CurvesWriter
 from .preflight import warn_if_hopeless
+from .runs import compose_saved
 from .sweep import parallel_jobs
 
 log = logging.getLogger("cnnbench")
@@ -405,6 +406,79 @@ def best_checkpoint(model: nn.Module, cfg: Any, data: Data, epoch: int, val_loss
         "epoch": epoch,
         "val_loss": val_loss,
     }
+
+
+# ---- a finished run's best weights, as eval, predict and export load them
+
+
+def load_best(run_dir: Path) -> dict[str, Any]:
+    """A run's best.pt, checked: one message when it is missing (and what to do about it),
+    damaged, or not the checkpoint `cnnbench train` writes."""
+    path = Path(run_dir) / "best.pt"
+    if not path.is_file():
+        if (Path(run_dir) / "last.pt").is_file():
+            raise CnnbenchError(
+                f"{run_dir} has no best.pt yet: the run stopped before its first epoch ended; "
+                f"continue it with `{interrupt.resume_command(run_dir)}`"
+            )
+        raise CnnbenchError(
+            f"{run_dir} has no finished epoch (no best.pt, no last.pt): the run stopped or "
+            "failed before its first epoch ended, so there is nothing to evaluate; train it "
+            f"again with `cnnbench rerun {run_dir}`"
+        )
+    ckpt = load_checkpoint(path)
+    problem = _best_problem(ckpt)
+    if problem:
+        raise CnnbenchError(
+            f"{path} {problem}: eval, predict and export need the best.pt `cnnbench train` "
+            "writes (weights with their model name, classes and input size)"
+        )
+    return ckpt
+
+
+def _best_problem(ckpt: Any) -> str | None:
+    """What makes a loaded best.pt unusable, or None."""
+    if not isinstance(ckpt, dict):
+        return f"holds a {type(ckpt).__name__}, not a checkpoint"
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return "is a plain state_dict (weights only)"
+    missing = [k for k in ("model", "model_name", "num_classes", "input_size") if k not in ckpt]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    size = ckpt["input_size"]
+    if not (
+        isinstance(ckpt["model"], dict)
+        and isinstance(ckpt["model_name"], str)
+        and isinstance(ckpt["num_classes"], int)
+        and isinstance(size, (list, tuple))
+        and len(size) == 3
+        and all(isinstance(v, int) and v > 0 for v in size)
+    ):
+        return "has entries of the wrong kind (model, model_name, num_classes, input_size)"
+    return None
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> nn.Module:
+    """Rebuild the model best.pt was saved from and load its weights, in eval mode."""
+    channels = int(ckpt["input_size"][0])
+    model = create_model(ckpt["model_name"], int(ckpt["num_classes"]), channels)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, ValueError, AttributeError) as err:
+        raise CnnbenchError(
+            f"best.pt does not fit model {ckpt['model_name']!r}: {str(err).splitlines()[0]}"
+        ) from None
+    return model.to(device).eval()
+
+
+def normalization(run_dir: Path, ckpt: dict[str, Any]) -> tuple[list, list]:
+    """Mean/std the run normalized with: from best.pt, else recomputed from the saved config."""
+    if ckpt.get("mean") is not None and ckpt.get("std") is not None:
+        return list(ckpt["mean"]), list(ckpt["std"])
+    log.info("best.pt has no normalization statistics (an older run): recomputing them")
+    cfg = compose_saved(run_dir)
+    eval_tf = build_data(cfg, progress=cfg.progress).eval_tf
+    return eval_tf.mean, eval_tf.std
 
 
 def record_epoch(state: TrainState, row: dict, cfg: Any, out_dir: Path, writers: tuple) -> None:

@@ -134,9 +134,10 @@ def test_eval_errors_are_one_line(run, tmp_path, capsys):
 
 def test_predict_files_and_folders(run, tmp_path):
     """Test-split images saved as PNG get the probabilities the eval pipeline gives them."""
-    from cnnbench.commands.eval import model_from_checkpoint, rebuild_data
+    from cnnbench.commands.eval import rebuild_data
     from cnnbench.data.transforms import BatchTransform
     from cnnbench.runs import compose_saved
+    from cnnbench.train import model_from_checkpoint
 
     data = rebuild_data(compose_saved(run)).splits
     folder = tmp_path / "images" / "nested"

@@ -104,7 +104,8 @@ def test_a_warmup_resumes_exactly_and_is_re_aimed_by_resume_epochs():
     opt2.load_state_dict(saved[0])
     sched2.load_state_dict(saved[1])
     assert lrs_over(sched2, opt2, 17) == pytest.approx(whole)
-    assert retarget_scheduler(sched2, 8, 5).startswith("the cosine schedule already ended")
+    with pytest.raises(CnnbenchError, match="the cosine schedule of RUN_DIR ended at step 15"):
+        retarget_scheduler(sched2, 8, 5)  # an ended schedule is not stretched: lr stays min_lr
     opt3 = sgd()
     sched3 = build(opt3)
     sched3.load_state_dict(saved[1])
@@ -265,7 +266,9 @@ def test_early_stopping_stops_says_why_and_survives_resume(cli, tmp_path):
     )  # already stopped: no more epochs, tested again
     assert "no more epochs to train" in again.stdout and len(metrics(tmp_path / "es")) == 4
     # the count goes on across a resume: 2 epochs, then resumed for up to 10 -> stops after 4
-    cli("train", *TINY, "early_stop.patience=3", "early_stop.min_delta=10", "hydra.run.dir=r")
+    # (scheduler=step: a finished cosine run is not extended, its lr is min_lr)
+    es = ["early_stop.patience=3", "early_stop.min_delta=10", "scheduler=step"]
+    cli("train", *TINY, *es, "hydra.run.dir=r")
     cli("train", f"resume={tmp_path / 'r'}", "epochs=10")
     assert read_json(tmp_path / "r/results.json")["stopped_epoch"] == 4
 
@@ -316,6 +319,7 @@ class Unchanged:
     """A batch transform that leaves the batch as it is."""
 
     train = False
+    mix = None  # no MixUp/CutMix
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         return x

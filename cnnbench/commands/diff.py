@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CnnbenchError, user_errors
-from ..flatconfig import config_hash, flat_config
+from ..flatconfig import flat_config
 from ..metrics import read_metrics_csv
 from ..plots import write_runs_overlay
-from ..runs import saved_config
+from ..runs import config_hash, saved_config
 
 ABSENT = "(absent)"
 

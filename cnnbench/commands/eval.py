@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..averaging import with_tta
-from ..checkpoint import atomic_write_text, load_checkpoint
+from ..checkpoint import atomic_write_text
 from ..data import ImageFiles, ImageTensors, MappedImages
 from ..data.images import decode_file
 from ..device import autocast_for, resolve_device, resolve_precision
@@ -27,11 +27,10 @@ from ..distributed import Distributed
 from ..engine import evaluate
 from ..errors import CnnbenchError, user_errors
 from ..metrics import write_json
-from ..models import create_model
 from ..plots import run_label, write_confusion_matrix
 from ..report_metrics import top1_report
 from ..runs import compose_saved, split_override
-from ..train import Data, build_data, eval_loader
+from ..train import Data, build_data, eval_loader, load_best, model_from_checkpoint
 from .args import (
     add_device_options,
     add_overrides,
@@ -56,68 +55,6 @@ EXAMPLES = (
     "cnnbench eval outputs/2026-11-23/12-00-00",
     "cnnbench eval outputs/2026-11-23/12-00-00 split=val --device cpu --out /tmp/val-eval",
 )
-
-
-def load_best(run_dir: Path) -> dict[str, Any]:
-    """A run's best.pt, checked: one message when it is missing (and what to do about it),
-    damaged, or not the checkpoint `cnnbench train` writes."""
-    from ..interrupt import resume_command
-
-    path = Path(run_dir) / "best.pt"
-    if not path.is_file():
-        if (Path(run_dir) / "last.pt").is_file():
-            raise CnnbenchError(
-                f"{run_dir} has no best.pt yet: the run stopped before its first epoch ended; "
-                f"continue it with `{resume_command(run_dir)}`"
-            )
-        raise CnnbenchError(
-            f"{run_dir} has no finished epoch (no best.pt, no last.pt): the run stopped or "
-            "failed before its first epoch ended, so there is nothing to evaluate; train it "
-            f"again with `cnnbench rerun {run_dir}`"
-        )
-    ckpt = load_checkpoint(path)
-    problem = _best_problem(ckpt)
-    if problem:
-        raise CnnbenchError(
-            f"{path} {problem}: eval, predict and export need the best.pt `cnnbench train` "
-            "writes (weights with their model name, classes and input size)"
-        )
-    return ckpt
-
-
-def _best_problem(ckpt: Any) -> str | None:
-    """What makes a loaded best.pt unusable, or None."""
-    if not isinstance(ckpt, dict):
-        return f"holds a {type(ckpt).__name__}, not a checkpoint"
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return "is a plain state_dict (weights only)"
-    missing = [k for k in ("model", "model_name", "num_classes", "input_size") if k not in ckpt]
-    if missing:
-        return f"lacks {', '.join(missing)}"
-    size = ckpt["input_size"]
-    if not (
-        isinstance(ckpt["model"], dict)
-        and isinstance(ckpt["model_name"], str)
-        and isinstance(ckpt["num_classes"], int)
-        and isinstance(size, (list, tuple))
-        and len(size) == 3
-        and all(isinstance(v, int) and v > 0 for v in size)
-    ):
-        return "has entries of the wrong kind (model, model_name, num_classes, input_size)"
-    return None
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device) -> nn.Module:
-    """Rebuild the model best.pt was saved from and load its weights, in eval mode."""
-    channels = int(ckpt["input_size"][0])
-    model = create_model(ckpt["model_name"], int(ckpt["num_classes"]), channels)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, TypeError, ValueError, AttributeError) as err:
-        raise CnnbenchError(
-            f"best.pt does not fit model {ckpt['model_name']!r}: {str(err).splitlines()[0]}"
-        ) from None
-    return model.to(device).eval()
 
 
 def rebuild_data(cfg: Any) -> Data:

@@ -37,7 +37,7 @@ from ..device import resolve_device
 from ..errors import CnnbenchError, user_errors
 from ..export import OnnxClassifier, is_exported_file
 from ..plots import write_image_grid
-from ..runs import compose_saved
+from ..train import load_best, model_from_checkpoint, normalization
 from .args import (
     DEVICES,
     CommandParser,
@@ -50,7 +50,6 @@ from .args import (
     positive_int,
     run_dir_arg,
 )
-from .eval import load_best, model_from_checkpoint, rebuild_data
 
 log = logging.getLogger("cnnbench")
 
@@ -100,15 +99,6 @@ def find_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
         else:
             missing.append((path, "no such file or directory"))
     return files, missing
-
-
-def normalization(run_dir: Path, ckpt: dict[str, Any]) -> tuple[list, list]:
-    """Mean/std the run normalized with: from best.pt, else recomputed from the saved config."""
-    if ckpt.get("mean") is not None and ckpt.get("std") is not None:
-        return list(ckpt["mean"]), list(ckpt["std"])
-    log.info("best.pt has no normalization statistics (an older run): recomputing them")
-    eval_tf = rebuild_data(compose_saved(run_dir)).eval_tf
-    return eval_tf.mean, eval_tf.std
 
 
 def _batches(files: list[Path], size: int) -> Iterator[list[Path]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 _EXPORTS = {
     "FAMILIES": "registry",
-    "ModelInfo": "registry",
+    "ModelInfo": "base",
     "check_input_size": "registry",
     "count_params": "registry",
     "create_model": "registry",

@@ -9,7 +9,6 @@ catalog's facts (`catalog.py`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from importlib import import_module
 from pkgutil import iter_modules
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CnnbenchError
+from .base import ModelInfo
 from .catalog import TORCHVISION, catalog_names, find_entry, is_timm
 
 # The zoo's families, in the order `cnnbench models` lists them; any other module of this
@@ -27,19 +27,6 @@ FAMILIES = ("lenet", "alexnet", "vgg", "resnet", "fastnet")
 HELPERS = frozenset(
     {"registry", "summary", "weights", "catalog", "catalog_table", "torchvision_zoo", "timm_zoo"}
 )
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the registry knows about a model without building it."""
-
-    name: str
-    builder: Callable[..., nn.Module]
-    input_size: tuple[int, int, int]  # native (channels, height, width)
-    num_classes: int  # default classes, as in SPEC.md's table
-    source: str  # where the architecture comes from
-    torchvision: str | None = None  # torchvision builder whose ImageNet .pth files load as-is
-    weights: str | None = None  # that builder's weights entry whose file fits (None: DEFAULT)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -75,30 +62,6 @@ def load_families() -> None:
     """Import every family module (each registers its models)."""
     for family in families():
         import_module(f".{family}", __package__)
-
-
-def replace_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """`conv` itself for its own input channels, else a fresh Conv2d like it for `in_channels`.
-
-    For builders that wrap torchvision (which has no `in_channels` argument); the new layer is
-    initialized like torchvision initializes VGG and ResNet convolutions.
-    """
-    if conv.in_channels == in_channels:
-        return conv
-    new = nn.Conv2d(
-        in_channels,
-        conv.out_channels,
-        kernel_size=conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-    )
-    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
-    if new.bias is not None:
-        nn.init.zeros_(new.bias)
-    return new
 
 
 def model_names() -> list[str]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torchvision.models as tvm
 from torch import nn
 
-from .registry import register_model, replace_first_conv
+from .base import replace_first_conv
+from .registry import register_model
 
 
 @register_model(

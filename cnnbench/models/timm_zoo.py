@@ -14,8 +14,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import CnnbenchError
+from .base import ModelInfo
 from .catalog import TIMM_PREFIX
-from .registry import ModelInfo
 
 INSTALL = "pip install 'cnnbench[timm]'"
 

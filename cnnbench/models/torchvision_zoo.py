@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import replace_first_conv
+from .base import replace_first_conv
 
 # Builder arguments per model beyond weights/num_classes: logits only, torchvision's default
 # initialization (init_weights=None would warn that the default will change).
