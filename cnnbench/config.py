@@ -515,7 +515,6 @@ def check_values(cfg: Any) -> None:
     """Reject values that have the right type but make no sense, before any work is done."""
     problems = [f"unknown key(s) {', '.join(extra)}" for extra in [unknown_keys(cfg)] if extra]
     problems += _top_level_problems(cfg)
-    problems += _model_problems(cfg.model)
     problems += _dataset_problems(cfg.dataset) + _transforms_problems(cfg.transforms)
     problems += _optimizer_problems(cfg.optimizer) + _scheduler_problems(cfg.scheduler, cfg.epochs)
     problems += _model_problems(cfg.model) + _memory_problems(cfg) + _recipe_tool_problems(cfg)
@@ -554,7 +553,7 @@ MAX_SEED = 2**32 - 1
 
 
 def _model_problems(model: Any) -> list[str]:
-    problems = _at_least(model.in_channels, 1, "model.in_channels")
+    problems = _at_least(model.in_channels, 1, "model.in_channels") + _timm_problems(model)
     if model.num_classes is not None and model.num_classes < 2:
         problems.append(
             f"model.num_classes must be >= 2 or null (got {model.num_classes}): a classifier "
@@ -615,7 +614,7 @@ def _optimizer_problems(opt: Any) -> list[str]:
     return problems
 
 
-def _model_problems(model: Any) -> list[str]:
+def _timm_problems(model: Any) -> list[str]:
     """model=timm: an architecture is named and timm is installed (checked without importing)."""
     if "arch" not in model.keys():  # noqa: SIM118 (keys() lists MISSING values too)
         return []
@@ -627,6 +626,7 @@ def _model_problems(model: Any) -> list[str]:
         return ["model=timm needs model.arch=NAME (a timm architecture, e.g. resnet50)"]
     if find_spec("timm") is None:
         return ["model=timm needs timm, which is not installed: pip install 'cnnbench[timm]'"]
+    return []
 
 
 def _recipe_tool_problems(cfg: Any) -> list[str]:

@@ -69,5 +69,5 @@ def test_fish_query_lists_one_candidate_per_line(tmp_path):
     env = {"COMP_LINE": "cnnbench train scheduler="}
     out = run_cnnbench("-sc", "query=fish", cwd=tmp_path, env=env).stdout.split("\n")
     assert [w for w in out if w] == [
-        f"scheduler={s}" for s in ("cosine", "none", "onecycle", "step")
+        f"scheduler={s}" for s in ("cosine", "none", "onecycle", "plateau", "step")
     ]
