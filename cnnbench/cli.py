@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "predict": (
         "cnnbench.commands.predict",
-        "classify images: cnnbench predict RUN_DIR PATH... [--out DIR]",
+        "classify images: cnnbench predict RUN_DIR|MODEL.onnx PATH... [--out DIR]",
     ),
     "export": (
         "cnnbench.commands.export",
