@@ -13,6 +13,7 @@ effective batch is batch_size x WORLD_SIZE) and the metrics are summed over all 
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -127,6 +128,15 @@ def setup() -> Distributed:
     return env
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(finished: bool = False) -> None:
+    """Tear the process group down while the interpreter is whole. After a run that
+    `finished`, all ranks first meet at a barrier (no rank leaves while another still
+    communicates); after a failure they do not wait for each other. Objects still holding
+    Gloo work (the DDP reducer) are collected first: destroyed during interpreter shutdown,
+    they abort the process (SIGABRT)."""
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()

@@ -192,14 +192,16 @@ def run_cli(args: list[str]) -> None:
         launch = distributed_args(hydra_args(args))
     sys.argv = ["cnnbench train", *launch.args]
     register_configs()  # the schemas train.yaml's defaults name
+    finished = False
     try:
         with saved_config_guard(launch.saved), sweep_running(launch.sweep):
             main()
+        finished = True
     finally:
         if under_torchrun():
             from .. import distributed
 
-            distributed.shutdown()
+            distributed.shutdown(finished)
         if launch.config_dir:  # resume=: the primary config written for it
             shutil.rmtree(launch.config_dir, ignore_errors=True)
         if launch.lock is not None:
