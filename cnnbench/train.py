@@ -414,6 +414,9 @@ def best_checkpoint(model: nn.Module, cfg: Any, data: Data, epoch: int, val_loss
 def load_best(run_dir: Path) -> dict[str, Any]:
     """A run's best.pt, checked: one message when it is missing (and what to do about it),
     damaged, or not the checkpoint `cnnbench train` writes."""
+    if not Path(run_dir).is_dir():
+        what = "file" if Path(run_dir).suffix in (".onnx", ".pt") else "run directory"
+        raise CnnbenchError(f"{run_dir}: no such {what}")
     path = Path(run_dir) / "best.pt"
     if not path.is_file():
         if (Path(run_dir) / "last.pt").is_file():

@@ -351,3 +351,14 @@ def test_predict_recomputes_normalization_for_a_best_pt_without_it(run, tmp_path
     new_rows = predict(run, [image], tmp_path / "a", device_name="cpu")["rows"]
     old_rows = predict(old, [image], tmp_path / "b", device_name="cpu")["rows"]
     assert old_rows == new_rows and len(new_rows) == 1
+
+
+def test_a_missing_run_dir_or_export_is_named_as_missing(tmp_path):
+    """Not "no finished epoch ... rerun it": the path itself is not there (a typo)."""
+    from cnnbench.errors import CnnbenchError
+    from cnnbench.train import load_best
+
+    with pytest.raises(CnnbenchError, match=r"/nowhere: no such run directory$"):
+        load_best(tmp_path / "nowhere")
+    with pytest.raises(CnnbenchError, match=r"/model.onnx: no such file$"):
+        load_best(tmp_path / "export" / "model.onnx")
