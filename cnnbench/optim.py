@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import (
 
 from .config import OPTIMIZERS, SCHEDULERS, Anneal
 from .errors import CnnbenchError
-from .runs import fresh_schedule_hint
+from .runs import cosine_ended, fresh_schedule_hint
 
 # Schedulers stepped after every optimizer step (TrainStep's scheduler), not per epoch: onecycle,
 # and any schedule with a warmup (LinearLR alone for scheduler=none).
@@ -224,7 +224,7 @@ def _retarget(
         if scheduler.T_max == total:
             return None
         old, done = scheduler.T_max, scheduler.last_epoch
-        if done >= old:
+        if cosine_ended(scheduler.state_dict()):
             rest = f"epochs {done + 1}-{total}" if unit == "epochs" else "the added steps"
             raise CnnbenchError(
                 f"the cosine schedule of {run_dir} ended at {unit[:-1]} {old} (lr = min_lr), so "

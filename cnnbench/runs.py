@@ -289,19 +289,23 @@ def check_resume(run_dir: Path, cfg: Any, overrides: Sequence[str]) -> None:
     finished = (Path(run_dir) / "results.json").is_file() and not partial
     if cfg.epochs < done + partial or (finished and cfg.epochs == done):
         trained = f"{done} epoch(s)" + (f" and part of epoch {done + 1}" if partial else "")
-        sched = last.get("scheduler") or {}
-        sched = (sched.get("_schedulers") or [sched])[-1]  # after a warmup: the schedule
-        ended = "T_max" in sched and sched.get("last_epoch", 0) >= sched["T_max"]
-        way = (
-            f"its cosine schedule has ended (more epochs would train at min_lr), so {fresh_schedule_hint(str(run_dir))}"
-            if finished and ended
-            else f"so pass epochs={max(done + 1, cfg.epochs + 1)} or more, or start a new run"
-        )
+        if finished and cosine_ended(last.get("scheduler") or {}):
+            way = "its cosine schedule has ended (more epochs would train at min_lr), so "
+            way += fresh_schedule_hint(str(run_dir))
+        else:
+            way = f"so pass epochs={max(done + 1, cfg.epochs + 1)} or more, or start a new run"
         raise CnnbenchError(
             f"resume={run_dir} epochs={cfg.epochs}: the run has already trained {trained}"
             + (" and is finished" if finished else "")
             + f"; epochs can only grow on resume (the run's history is kept as it is); {way}"
         )
+
+
+def cosine_ended(schedule: dict[str, Any]) -> bool:
+    """True for a cosine schedule's state_dict (after a warmup: SequentialLR's, whose last
+    part is the cosine) at its end, where the lr stays at min_lr."""
+    schedule = (schedule.get("_schedulers") or [schedule])[-1]
+    return "T_max" in schedule and schedule.get("last_epoch", 0) >= schedule["T_max"]
 
 
 def fresh_schedule_hint(run_dir: str) -> str:
